@@ -1,0 +1,1 @@
+"""CLI, configuration, registries, runner, run records."""

@@ -1,0 +1,299 @@
+"""Frozen configs, profiles and validated `--set` overrides.
+
+A run's config is resolved in this order: dataclass defaults, then the profile's YAML
+(`train`, `eval`, `tasks.<task>`, `models.<model>`, then `per_task.<task>` which may hold
+the same sections again), then task hints for model fields left as `null` (e.g. GRAM's
+`beta` takes the paper's per-task value), then `--set key=value` overrides.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from gram_bench.harness.errors import UsageError
+from gram_bench.harness.registry import closest
+
+PROFILES = ("smoke", "cpu", "paper")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation and logging. `steps` counts optimizer updates (one per supervision step)."""
+
+    steps: int = 2000
+    batch_size: int = 64  # global batch (split across ranks under torchrun)
+    lr: float = 1e-3
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    warmup_steps: int = 100
+    grad_clip: float = 1.0
+    ema: float = 0.999  # 0 disables EMA
+    precision: str = "auto"  # auto | fp32 | bf16
+    log_every: int = 10
+    eval_every: int = 500  # periodic eval on a test subset; 0 disables
+    eval_examples: int = 128
+    eval_samples: int = 4
+    checkpoint_every: int = 500
+    threads: int = 0  # torch intra-op threads; 0 = torch's default
+    max_minutes: float = 0.0  # stop training early after this wall time; 0 = no limit
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    samples: int = 20  # N trajectories per test input (width)
+    steps: int = 0  # supervision steps at inference (depth); 0 = the model's trained n_sup
+    batch_size: int = 2048  # rows (inputs x samples) per forward
+    limit: int = 0  # evaluate the first `limit` test inputs (seeded order); 0 = all
+    split: str = "test"
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    task_name: str
+    model_name: str
+    task: Any
+    model: Any
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    seed: int = 0
+    profile: str = "cpu"
+
+    def to_dict(self) -> dict:
+        return {
+            "task": {"name": self.task_name, **dataclasses.asdict(self.task)},
+            "model": {"name": self.model_name, **dataclasses.asdict(self.model)},
+            "train": dataclasses.asdict(self.train),
+            "eval": dataclasses.asdict(self.eval),
+            "seed": self.seed,
+            "profile": self.profile,
+        }
+
+    def fingerprint(self) -> str:
+        """Hash of everything that changes training (not eval settings)."""
+        d = self.to_dict()
+        d.pop("eval")
+        for k in ("log_every", "eval_every", "eval_examples", "eval_samples", "checkpoint_every",
+                  "threads", "max_minutes"):
+            d["train"].pop(k, None)
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:8]
+
+
+# ----------------------------------------------------------------------------- typing helpers
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp).replace("typing.", ""))
+
+
+def coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check `value` against the annotation `tp`; ints are accepted for floats."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return coerce(value, a, key)
+            except UsageError as e:
+                errors.append(str(e))
+        raise UsageError(errors[0] if errors else f"Bad value for '{key}'.")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+    else:
+        return value
+    raise UsageError(
+        f"'{key}' must be of type {_type_name(tp)}, got {value!r}; fix the value in --set or the profile."
+    )
+
+
+def build_dataclass(cls: type, values: dict, prefix: str) -> Any:
+    """Instantiate `cls` from `values`, rejecting unknown keys and wrong types."""
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls) if f.init]
+    kwargs = {}
+    for k, v in values.items():
+        if k not in names:
+            hint = closest(k, names)
+            did = f" Did you mean '{prefix}{hint}'?" if hint else ""
+            raise UsageError(f"Unknown config key '{prefix}{k}'.{did} Valid keys: "
+                             f"{', '.join(prefix + n for n in names)}.")
+        kwargs[k] = coerce(v, hints[k], prefix + k)
+    try:
+        obj = cls(**kwargs)
+    except (ValueError, TypeError) as e:
+        raise UsageError(str(e)) from None
+    return obj
+
+
+def parse_set(items: list[str]) -> dict[str, Any]:
+    """`["model.hidden=256", "train.lr=3e-4"]` -> {"model.hidden": 256, "train.lr": 0.0003}."""
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise UsageError(f"--set expects key=value, got '{item}'; write e.g. --set train.lr=3e-4.")
+        k, v = item.split("=", 1)
+        k = k.strip()
+        try:
+            val = yaml.safe_load(v) if v.strip() != "" else ""
+        except yaml.YAMLError:
+            val = v
+        # YAML reads 3e-4 as a string; accept float-looking strings.
+        if isinstance(val, str):
+            try:
+                val = float(val) if any(c in val for c in ".eE") else int(val)
+            except ValueError:
+                pass
+        out[k] = val
+    return out
+
+
+# ----------------------------------------------------------------------------- profiles
+
+
+def load_profile(name: str) -> dict:
+    if name not in PROFILES:
+        hint = closest(name, list(PROFILES))
+        did = f" Did you mean '{hint}'?" if hint else ""
+        raise UsageError(f"Unknown profile '{name}'.{did} Valid profiles: {', '.join(PROFILES)}.")
+    text = resources.files("gram_bench.harness").joinpath("profiles", f"{name}.yaml").read_text()
+    return yaml.safe_load(text) or {}
+
+
+def _merge(a: dict, b: dict) -> dict:
+    out = dict(a)
+    for k, v in (b or {}).items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def resolve(task_name: str, model_name: str, profile: str = "cpu", sets: dict | None = None,
+            seed: int | None = None) -> RunConfig:
+    """Resolve a RunConfig from registries, a profile and overrides (see module docstring)."""
+    from gram_bench.models import MODELS
+    from gram_bench.tasks import TASKS
+
+    task_cls = TASKS.get(task_name)
+    model_cls = MODELS.get(model_name)
+    prof = load_profile(profile)
+    prof = _merge(prof, (prof.get("per_task") or {}).get(task_name, {}))
+    sets = dict(sets or {})
+
+    groups: dict[str, dict] = {
+        "task": dict((prof.get("tasks") or {}).get(task_name, {})),
+        "model": dict((prof.get("models") or {}).get(model_name, {})),
+        "train": dict(prof.get("train") or {}),
+        "eval": dict(prof.get("eval") or {}),
+    }
+    top = {"seed": prof.get("seed", 0)}
+    for key, val in sets.items():
+        head, _, rest = key.partition(".")
+        if head in groups and rest:
+            groups[head][rest] = val
+        elif key == "seed":
+            top["seed"] = val
+        else:
+            valid = ["task.", "model.", "train.", "eval.", "seed"]
+            hint = closest(head, ["task", "model", "train", "eval", "seed"])
+            did = f" Did you mean '{hint}.{rest}'?" if hint and rest else (f" Did you mean '{hint}'?" if hint else "")
+            raise UsageError(f"Unknown config key '{key}'.{did} Keys start with one of: {', '.join(valid)}.")
+
+    task_cfg = build_dataclass(task_cls.Config, groups["task"], "task.")
+    hints = task_cls.model_hints(task_cfg)
+    model_fields = {f.name for f in dataclasses.fields(model_cls.Config)}
+    for k, v in hints.items():
+        if k in model_fields and groups["model"].get(k) is None:
+            groups["model"][k] = v
+    model_cfg = build_dataclass(model_cls.Config, groups["model"], "model.")
+    train_cfg = build_dataclass(TrainConfig, groups["train"], "train.")
+    eval_cfg = build_dataclass(EvalConfig, groups["eval"], "eval.")
+    if seed is not None:
+        top["seed"] = seed
+    seed_v = coerce(top["seed"], int, "seed")
+    cfg = RunConfig(task_name, model_name, task_cfg, model_cfg, train_cfg, eval_cfg, seed_v, profile)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: RunConfig) -> None:
+    t, e = cfg.train, cfg.eval
+    checks = [
+        (t.steps >= 1, "train.steps must be at least 1"),
+        (t.batch_size >= 1, "train.batch_size must be at least 1"),
+        (t.lr > 0, "train.lr must be positive"),
+        (0 <= t.ema < 1, "train.ema must be in [0, 1)"),
+        (t.precision in ("auto", "fp32", "bf16"), "train.precision must be one of auto, fp32, bf16"),
+        (t.log_every >= 1, "train.log_every must be at least 1"),
+        (t.eval_every >= 0, "train.eval_every must be 0 (off) or positive"),
+        (t.eval_samples >= 1, "train.eval_samples must be at least 1"),
+        (t.checkpoint_every >= 1, "train.checkpoint_every must be at least 1"),
+        (t.max_minutes >= 0, "train.max_minutes must be 0 (no limit) or positive"),
+        (e.samples >= 1, "eval.samples must be at least 1"),
+        (e.steps >= 0, "eval.steps must be 0 (trained depth) or positive"),
+        (e.batch_size >= 1, "eval.batch_size must be at least 1"),
+        (e.limit >= 0, "eval.limit must be 0 (all) or positive"),
+        (e.split in ("test", "train"), "eval.split must be test or train"),
+        (cfg.seed >= 0, "seed must be non-negative"),
+    ]
+    for ok, msg in checks:
+        if not ok:
+            raise UsageError(msg + ".")
+    for obj, prefix in ((cfg.task, "task."), (cfg.model, "model.")):
+        check = getattr(obj, "check", None)
+        if check is not None:
+            try:
+                check()
+            except ValueError as err:
+                raise UsageError(f"{err}".rstrip(".") + f" (a {prefix[:-1]} setting).") from None
+
+
+def config_from_dict(d: dict) -> RunConfig:
+    """Rebuild a RunConfig from a saved config.yaml."""
+    from gram_bench.models import MODELS
+    from gram_bench.tasks import TASKS
+
+    d = json.loads(json.dumps(d))
+    tname = d["task"].pop("name")
+    mname = d["model"].pop("name")
+    task_cfg = build_dataclass(TASKS.get(tname).Config, d["task"], "task.")
+    model_cfg = build_dataclass(MODELS.get(mname).Config, d["model"], "model.")
+    return RunConfig(tname, mname, task_cfg, model_cfg,
+                     build_dataclass(TrainConfig, d["train"], "train."),
+                     build_dataclass(EvalConfig, d["eval"], "eval."),
+                     int(d["seed"]), d["profile"])
+
+
+def save_config(cfg: RunConfig, path: Path) -> None:
+    from gram_bench.harness.io import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+def load_config(path: Path) -> RunConfig:
+    return config_from_dict(yaml.safe_load(Path(path).read_text()))

@@ -1,0 +1,86 @@
+"""Sampling N trajectories per test input, verifying them, and writing eval records."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from gram_bench.harness.device import autocast
+from gram_bench.harness.io import atomic_write_json, atomic_write_jsonl_gz
+from gram_bench.harness.rundir import SCHEMA_VERSION
+from gram_bench.metrics import example_records, summarize
+from gram_bench.metrics.stats import CI_METHOD
+
+
+def eval_subset(n: int, limit: int, seed: int = 0) -> np.ndarray:
+    """Indices of the evaluated inputs: all, or the first `limit` of a seeded permutation."""
+    if not limit or limit >= n:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).permutation(n)[:limit])
+
+
+@torch.no_grad()
+def evaluate(model, task, *, samples: int, steps: int, split: str = "test", limit: int = 0,
+             batch_rows: int = 2048, device: torch.device, bf16: bool, seed: int = 0,
+             progress: Callable[[int, int], None] | None = None) -> tuple[list[dict], dict]:
+    """Returns (per-example records, summary). The global RNG is left untouched."""
+    es = task.eval_set(split)
+    es = es.subset(eval_subset(len(es), limit))
+    ref_keys = task.reference_keys(split) if hasattr(task, "reference_keys") else None
+    was_training = model.training
+    model.eval()
+    per_chunk = max(1, batch_rows // samples)
+    records: list[dict] = []
+    t0 = time.perf_counter()
+    forks = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=forks):
+        torch.manual_seed(seed)
+        for start in range(0, len(es), per_chunk):
+            sl = slice(start, start + per_chunk)
+            x = es.inputs[sl].to(device)
+            with autocast(device, bf16):
+                out = model.sample(x, es.puzzle_ids[sl].to(device), samples, steps)
+            fields = {k: v.cpu().numpy() for k, v in task.verify(x, out.preds).items()}
+            preds = out.preds.cpu().numpy()
+            exact = (out.preds == es.targets[sl].to(device).unsqueeze(1)).all(-1).cpu().numpy()
+            keys = [[k for k in task.canonical(p)] for p in preds]
+            scores = {k: v.float().cpu().numpy() for k, v in out.scores.items()}
+            records += example_records(es.ids[sl], es.n_solutions[sl], keys, fields, exact, scores, preds)
+            if progress:
+                progress(min(start + per_chunk, len(es)), len(es))
+    del ref_keys
+    elapsed = time.perf_counter() - t0
+    model.train(was_training)
+    summary = {
+        "schema_version": SCHEMA_VERSION,
+        "split": split,
+        "n_examples": len(records),
+        "samples": samples,
+        "steps": steps,
+        "limit": limit,
+        "seed": seed,
+        "ci_method": CI_METHOD,
+        "seconds": round(elapsed, 3),
+        "answers_per_second": round(len(records) * samples / max(elapsed, 1e-9), 2),
+        "metrics": summarize(records, seed=0),
+    }
+    return records, summary
+
+
+def eval_name(split: str, samples: int, steps: int, default_samples: int, default_steps: int) -> str:
+    """`test` for the run's own eval settings, `test-n{N}-s{steps}` otherwise (never overwrite)."""
+    if samples == default_samples and steps == default_steps:
+        return split
+    return f"{split}-n{samples}-s{steps}"
+
+
+def write_eval(run_dir: Path, name: str, records: list[dict], summary: dict, selection: str = "vote") -> Path:
+    summary = {**summary, "selection": selection}
+    out = Path(run_dir) / "eval"
+    atomic_write_jsonl_gz(out / f"{name}.examples.jsonl.gz", records)
+    atomic_write_json(out / f"{name}.json", summary)
+    return out / f"{name}.json"

@@ -1,0 +1,56 @@
+"""Selection rules and per-example records (the source of truth for every metric)."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+
+SELECTIONS = ("first", "vote", "lprm", "halt")
+
+
+def select(keys: list[bytes], scores: dict[str, np.ndarray]) -> dict[str, int]:
+    """Index of the chosen sample per rule, for one input with N samples.
+
+    first: sample 0.  vote: the most frequent answer (ties -> higher mean LPRM value, then
+    earliest).  lprm / halt: the highest value-head / halting-confidence score."""
+    counts = Counter(keys)
+    lprm = scores.get("lprm")
+
+    def vote_key(i: int) -> tuple:
+        mean_v = float(np.mean([lprm[j] for j, k in enumerate(keys) if k == keys[i]])) if lprm is not None else 0.0
+        return (counts[keys[i]], mean_v, -i)
+
+    out = {"first": 0, "vote": max(range(len(keys)), key=vote_key)}
+    for name in ("lprm", "halt"):
+        if name in scores:
+            out[name] = int(np.argmax(scores[name]))
+    return out
+
+
+def example_records(ids: np.ndarray, n_solutions: np.ndarray, keys: list[list[bytes]],
+                    fields: dict[str, np.ndarray], exact: np.ndarray,
+                    scores: dict[str, np.ndarray], preds: np.ndarray) -> list[dict]:
+    """One JSON-ready record per input. fields/exact/scores are [B, N]; preds [B, N, L]."""
+    out = []
+    for i in range(len(ids)):
+        valid = fields["valid"][i].astype(bool)
+        sc = {k: v[i] for k, v in scores.items()}
+        sel = select(keys[i], sc)
+        rec = {
+            "id": int(ids[i]),
+            "n_solutions": int(n_solutions[i]),
+            "valid": valid.astype(int).tolist(),
+            "exact": exact[i].astype(int).tolist(),
+            "distinct_valid": len({k for k, v in zip(keys[i], valid) if v}),
+            "distinct": len(set(keys[i])),
+            "selected": sel,
+            "scores": {k: np.round(v.astype(float), 5).tolist() for k, v in sc.items()},
+            "answer": "".join(map(str, preds[i, sel["vote"]].tolist())) if preds.max() < 10
+            else preds[i, sel["vote"]].tolist(),
+        }
+        for name, arr in fields.items():
+            if name != "valid":
+                rec[name] = arr[i].astype(int).tolist()
+        out.append(rec)
+    return out

@@ -1,0 +1,8 @@
+"""Models: shared layers and one module per model family. Registered by name in MODELS."""
+
+from gram_bench.harness.registry import Registry
+
+MODELS: Registry = Registry("model")
+
+from gram_bench.models import gram, trm  # noqa: E402,F401  (registers)
+from gram_bench.models.base import Model, SampleOutput  # noqa: E402,F401

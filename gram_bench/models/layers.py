@@ -1,0 +1,137 @@
+"""Shared layers: RMSNorm, RoPE, SDPA attention, SwiGLU, post-norm block, token embedding
+with prefix (puzzle) tokens, and the recurrent-state initialisation. Used by every model."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def trunc_normal_(t: torch.Tensor, std: float) -> torch.Tensor:
+    """Truncated normal at +-2 std (LeCun-style init when std = 1/sqrt(fan_in))."""
+    with torch.no_grad():
+        return nn.init.trunc_normal_(t, mean=0.0, std=std, a=-2 * std, b=2 * std)
+
+
+def rms_norm(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """RMSNorm without weight, computed in fp32 and cast back."""
+    dt = x.dtype
+    x = x.float()
+    return (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)).to(dt)
+
+
+class Linear(nn.Linear):
+    """nn.Linear with LeCun truncated-normal init and no bias by default."""
+
+    def __init__(self, d_in: int, d_out: int, bias: bool = False):
+        super().__init__(d_in, d_out, bias=bias)
+        trunc_normal_(self.weight, 1.0 / math.sqrt(d_in))
+        if bias:
+            nn.init.zeros_(self.bias)
+
+
+class Rotary(nn.Module):
+    """RoPE tables for a fixed maximum length; static shapes for torch.compile."""
+
+    def __init__(self, head_dim: int, max_len: int, theta: float = 10000.0):
+        super().__init__()
+        inv = 1.0 / theta ** (torch.arange(0, head_dim, 2).float() / head_dim)
+        freqs = torch.outer(torch.arange(max_len).float(), inv)  # [S, hd/2]
+        emb = torch.cat([freqs, freqs], dim=-1)
+        self.register_buffer("cos", emb.cos(), persistent=False)
+        self.register_buffer("sin", emb.sin(), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x [B, H, S, hd]
+        S = x.shape[-2]
+        cos, sin = self.cos[:S].to(x.dtype), self.sin[:S].to(x.dtype)
+        x1, x2 = x.chunk(2, dim=-1)
+        return x * cos + torch.cat([-x2, x1], dim=-1) * sin
+
+
+class Attention(nn.Module):
+    def __init__(self, dim: int, heads: int, max_len: int, rope_theta: float = 10000.0, causal: bool = False):
+        super().__init__()
+        assert dim % heads == 0, "hidden must be divisible by heads"
+        self.heads, self.head_dim, self.causal = heads, dim // heads, causal
+        self.qkv = Linear(dim, 3 * dim)
+        self.out = Linear(dim, dim)
+        self.rope = Rotary(self.head_dim, max_len, rope_theta)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, S, D]
+        B, S, D = x.shape
+        q, k, v = self.qkv(x).view(B, S, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k = self.rope(q), self.rope(k)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)
+        return self.out(y.transpose(1, 2).reshape(B, S, D))
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.gate_up = Linear(dim, 2 * hidden)
+        self.down = Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        g, u = self.gate_up(x).chunk(2, dim=-1)
+        return self.down(F.silu(g) * u)
+
+
+class Block(nn.Module):
+    """Post-norm transformer block (TRM/HRM): x = norm(x + attn(x)); x = norm(x + mlp(x))."""
+
+    def __init__(self, dim: int, heads: int, ffn_hidden: int, max_len: int, rope_theta: float = 10000.0):
+        super().__init__()
+        self.attn = Attention(dim, heads, max_len, rope_theta)
+        self.mlp = SwiGLU(dim, ffn_hidden)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = rms_norm(x + self.attn(x))
+        return rms_norm(x + self.mlp(x))
+
+
+class Stack(nn.Module):
+    """A stack of blocks; ends in an RMSNorm (the post-norm of its last block)."""
+
+    def __init__(self, layers: int, dim: int, heads: int, ffn_hidden: int, max_len: int,
+                 rope_theta: float = 10000.0):
+        super().__init__()
+        self.layers = nn.ModuleList(Block(dim, heads, ffn_hidden, max_len, rope_theta) for _ in range(layers))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+
+class InputEmbedding(nn.Module):
+    """Token embedding scaled by sqrt(D), preceded by `prefix` learned puzzle-embedding tokens.
+
+    inputs [B, L] -> [B, prefix + L, D]. The puzzle embedding is zero-initialised (TRM)."""
+
+    def __init__(self, vocab: int, dim: int, prefix: int, n_puzzle_ids: int = 1):
+        super().__init__()
+        self.dim, self.prefix, self.scale = dim, prefix, math.sqrt(dim)
+        self.tok = nn.Embedding(vocab, dim)
+        trunc_normal_(self.tok.weight, 1.0 / math.sqrt(dim))
+        self.puzzle = nn.Embedding(max(n_puzzle_ids, 1), prefix * dim) if prefix > 0 else None
+        if self.puzzle is not None:
+            nn.init.zeros_(self.puzzle.weight)
+
+    def forward(self, inputs: torch.Tensor, puzzle_ids: torch.Tensor) -> torch.Tensor:
+        x = self.scale * self.tok(inputs)
+        if self.puzzle is None:
+            return x
+        pre = self.puzzle(puzzle_ids).view(-1, self.prefix, self.dim).to(x.dtype)
+        return torch.cat([pre, x], dim=1)
+
+
+def pad_to(x: torch.Tensor, length: int) -> torch.Tensor:
+    """Right-pad token ids [B, L] with 0 to `length`."""
+    return F.pad(x, (0, length - x.shape[1])) if x.shape[1] < length else x
+
+
+def count_params(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())

@@ -1,0 +1,76 @@
+"""TRM: Tiny Recursive Model (Jolicoeur-Martineau 2025; REFERENCE.md section 2).
+
+One 2-layer network `net` updates both the latent z and the answer y (TRM's names):
+one cycle is n times z <- net(z + y + x), then y <- net(y + z). T cycles per supervision
+step, the first T-1 without gradient, the last with full gradient through its n+1 calls.
+Deterministic: the same input gives the same output."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from gram_bench.models import MODELS
+from gram_bench.models.base import RecursiveModel, init_z0
+from gram_bench.models.layers import Stack
+
+
+@MODELS.register("trm")
+class TRM(RecursiveModel):
+    name = "trm"
+    stochastic = False
+
+    @dataclass(frozen=True)
+    class Config:
+        hidden: int = 512
+        heads: int = 8
+        ffn_hidden: int = 1536  # SwiGLU expansion 4 -> 1536 at D=512
+        layers: int = 2
+        n: int = 4  # inner latent updates per cycle (6 for Sudoku)
+        T: int = 3  # cycles per supervision step
+        n_sup: int = 16
+        prefix: int = 16
+        rope_theta: float = 10000.0
+        ce_reduce: str = "mean"
+        act: bool = True
+        halt_exploration: float = 0.1
+        halt_loss_weight: float = 0.5
+        value_loss_weight: float = 0.5
+        detach_heads: bool = False  # TRM's Q head is trained through the core
+
+        def check(self) -> None:
+            if self.hidden % self.heads:
+                raise ValueError("hidden must be divisible by heads")
+            if min(self.n, self.T, self.n_sup, self.layers) < 1:
+                raise ValueError("n, T, n_sup and layers must be at least 1")
+            if self.prefix < 1:
+                raise ValueError("prefix must be at least 1 (the heads read position 0)")
+            if self.ce_reduce not in ("sum", "mean"):
+                raise ValueError("ce_reduce must be sum or mean")
+
+    def __init__(self, cfg: "TRM.Config", layout):
+        super().__init__(cfg, layout)
+        self.net = Stack(cfg.layers, cfg.hidden, cfg.heads, cfg.ffn_hidden, self.seq_len, cfg.rope_theta)
+        self.register_buffer("y0", init_z0(cfg.hidden))
+        self.register_buffer("z0", init_z0(cfg.hidden))
+
+    def init_state(self, batch_size, device):
+        shape = (batch_size, self.seq_len, self.cfg.hidden)
+        return self.y0.to(device).expand(shape), self.z0.to(device).expand(shape)
+
+    def cycle(self, y, z, e_x):
+        for _ in range(self.cfg.n):
+            z = self.net(z + y + e_x)
+        return self.net(y + z), z
+
+    def segment(self, state, e_x, target):
+        y, z = state
+        with torch.no_grad():
+            for _ in range(self.cfg.T - 1):
+                y, z = self.cycle(y, z, e_x)
+        y, z = self.cycle(y, z, e_x)
+        return (y, z), {}
+
+    def readout(self, state):
+        return state[0]

@@ -1,0 +1,8 @@
+"""Tasks: data build/load, token layout, verifiers. Registered by name in TASKS."""
+
+from gram_bench.harness.registry import Registry
+
+TASKS: Registry = Registry("task")
+
+from gram_bench.tasks import nqueens  # noqa: E402,F401  (registers)
+from gram_bench.tasks.base import EvalSet, Layout, Task, TrainSet  # noqa: E402,F401

@@ -1,0 +1,188 @@
+"""The Task seam: config, deterministic build with a manifest, token layout, verifier.
+
+Every dataset directory holds `.npy` files and a `manifest.json` with the task config,
+counts and the sha256 of every file. `load_arrays` refuses a directory whose manifest or
+hashes don't match, naming the file and the command that rebuilds it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, ClassVar
+
+import numpy as np
+import torch
+
+from gram_bench.harness.errors import UsageError
+from gram_bench.harness.io import atomic_write_json, sha256_file
+
+MANIFEST_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Token layout seen by models: input length, output length, shared vocabulary size."""
+
+    in_len: int
+    out_len: int
+    vocab: int
+    n_puzzle_ids: int = 1
+
+
+@dataclass
+class EvalSet:
+    """Test inputs with every valid answer, for accuracy and coverage."""
+
+    ids: np.ndarray  # [U] stable example ids
+    inputs: torch.Tensor  # [U, in_len] long
+    puzzle_ids: torch.Tensor  # [U] long
+    targets: torch.Tensor  # [U, out_len] long, the stored reference answer
+    n_solutions: np.ndarray  # [U] number of valid answers (0 = unknown)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def subset(self, idx: np.ndarray) -> "EvalSet":
+        t = torch.as_tensor(idx, dtype=torch.long)
+        return EvalSet(self.ids[idx], self.inputs[t], self.puzzle_ids[t], self.targets[t],
+                       self.n_solutions[idx])
+
+
+@dataclass
+class TrainSet:
+    inputs: torch.Tensor  # [M, in_len] long
+    targets: torch.Tensor  # [M, out_len] long
+    puzzle_ids: torch.Tensor  # [M] long
+
+    def __len__(self) -> int:
+        return self.inputs.shape[0]
+
+
+class Task:
+    """Base class. Subclasses set `name`, `Config`, and implement the abstract methods."""
+
+    name: ClassVar[str]
+    Config: ClassVar[type]
+
+    def __init__(self, cfg: Any, data_root: Path | str = "data"):
+        self.cfg = cfg
+        self.data_root = Path(data_root)
+        self._arrays: dict[str, np.ndarray] | None = None
+
+    # ---- identity
+    @classmethod
+    def model_hints(cls, cfg: Any) -> dict:
+        """Per-task values for model fields left as null (e.g. GRAM's KL weight `beta`)."""
+        return {}
+
+    def dir_name(self) -> str:
+        raise NotImplementedError
+
+    @property
+    def data_dir(self) -> Path:
+        return self.data_root / self.dir_name()
+
+    def build_command(self) -> str:
+        sets = " ".join(f"--set task.{k}={v}" for k, v in dataclasses.asdict(self.cfg).items())
+        return f"gram-bench data build --task {self.name} {sets} --force"
+
+    # ---- data
+    def build_arrays(self, progress: Callable[[int, int], None] | None = None) -> tuple[dict, dict]:
+        """Return ({file stem: array}, counts). Must be deterministic in the config."""
+        raise NotImplementedError
+
+    def build(self, force: bool = False, progress: Callable[[int, int], None] | None = None) -> dict:
+        """Write the dataset directory atomically (temp dir + rename); return the manifest."""
+        out = self.data_dir
+        if out.exists() and not force:
+            return self.verify_files()
+        arrays, counts = self.build_arrays(progress)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
+        try:
+            files = {}
+            for stem, arr in sorted(arrays.items()):
+                p = tmp / f"{stem}.npy"
+                np.save(p, arr, allow_pickle=False)
+                files[p.name] = sha256_file(p)
+            manifest = {
+                "manifest_version": MANIFEST_VERSION,
+                "task": self.name,
+                "config": dataclasses.asdict(self.cfg),
+                "counts": counts,
+                "files": files,
+            }
+            atomic_write_json(tmp / "manifest.json", manifest)
+            if out.exists():
+                shutil.rmtree(out)
+            os.replace(tmp, out)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return manifest
+
+    def read_manifest(self) -> dict:
+        mpath = self.data_dir / "manifest.json"
+        if not mpath.exists():
+            raise UsageError(f"No dataset at {self.data_dir}; build it with: {self.build_command()}")
+        try:
+            manifest = json.loads(mpath.read_text())
+        except json.JSONDecodeError:
+            raise UsageError(f"{mpath} is not valid JSON; rebuild with: {self.build_command()}") from None
+        if manifest.get("task") != self.name or manifest.get("config") != dataclasses.asdict(self.cfg):
+            raise UsageError(f"{mpath} was built for another config ({manifest.get('config')}); "
+                             f"rebuild with: {self.build_command()}")
+        return manifest
+
+    def verify_files(self) -> dict:
+        manifest = self.read_manifest()
+        for fname, digest in manifest["files"].items():
+            p = self.data_dir / fname
+            if not p.exists():
+                raise UsageError(f"{p} is missing; rebuild with: {self.build_command()}")
+            if sha256_file(p) != digest:
+                raise UsageError(f"{p} does not match the sha256 in its manifest; rebuild with: "
+                                 f"{self.build_command()}")
+        return manifest
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        if self._arrays is None:
+            manifest = self.verify_files()
+            out = {}
+            for fname in manifest["files"]:
+                try:
+                    out[fname[:-4]] = np.load(self.data_dir / fname, allow_pickle=False)
+                except (ValueError, OSError) as e:
+                    raise UsageError(f"{self.data_dir / fname} cannot be read ({e}); rebuild with: "
+                                     f"{self.build_command()}") from None
+            self._arrays = out
+        return self._arrays
+
+    # ---- the seam used by the runner
+    @property
+    def layout(self) -> Layout:
+        raise NotImplementedError
+
+    def train_set(self) -> TrainSet:
+        raise NotImplementedError
+
+    def eval_set(self, split: str = "test") -> EvalSet:
+        raise NotImplementedError
+
+    def verify(self, inputs: torch.Tensor, preds: torch.Tensor) -> dict[str, torch.Tensor]:
+        """inputs [B, in_len], preds [B, N, out_len] -> fields [B, N]; must include `valid`."""
+        raise NotImplementedError
+
+    def canonical(self, preds: np.ndarray) -> list[bytes]:
+        """[M, out_len] -> a hashable key per answer; equal keys = the same solution."""
+        return [row.astype(np.uint8).tobytes() for row in preds]
+
+    def reference_keys(self, split: str) -> list[set[bytes]] | None:
+        """Canonical keys of every valid answer per eval input, when the task knows them."""
+        return None
