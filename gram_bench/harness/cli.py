@@ -14,6 +14,7 @@ from typing import List, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from gram_bench.harness.errors import GramBenchError, UsageError
@@ -35,7 +36,7 @@ def handle_errors(fn):
         except GramBenchError as e:
             if STATE["debug"]:
                 raise
-            err_console.print(f"[red]error:[/] {e}", highlight=False, soft_wrap=True)
+            err_console.print(f"[red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
             raise typer.Exit(e.exit_code)
         except KeyboardInterrupt:
             err_console.print("[yellow]interrupted[/]")
@@ -130,12 +131,12 @@ def data_build(task: str = typer.Option(..., "--task", help="Task name (see `gra
     t = _task(task, set_, data_dir)
     if t.data_dir.exists() and not force:
         manifest = t.verify_files()
-        console.print(f"{t.data_dir} exists and verifies: {manifest['counts']} (use --force to rebuild)")
+        console.print(f"{escape(str(t.data_dir))} exists and verifies: {manifest['counts']} (use --force to rebuild)")
         return
     with progress_bar(console) as prog:
         tid = prog.add_task(f"building {t.dir_name()}", total=None)
         manifest = t.build(force=True, progress=lambda i, n: prog.update(tid, completed=i, total=n))
-    console.print(f"built {t.data_dir}: {manifest['counts']}")
+    console.print(f"built {escape(str(t.data_dir))}: {manifest['counts']}")
 
 
 @data_app.command("verify")
@@ -146,7 +147,7 @@ def data_verify(task: str = typer.Option(..., "--task"),
     """Check a dataset directory against its manifest (sha256 of every file)."""
     t = _task(task, set_, data_dir)
     manifest = t.verify_files()
-    console.print(f"[green]ok[/] {t.data_dir}: {len(manifest['files'])} files match; counts {manifest['counts']}")
+    console.print(f"[green]ok[/] {escape(str(t.data_dir))}: {len(manifest['files'])} files match; counts {manifest['counts']}")
 
 
 # ----------------------------------------------------------------------------- run / eval
@@ -206,6 +207,7 @@ def eval_cmd(run_dir: Path = typer.Argument(..., help="A run directory (runs/<ta
     """Sample from a trained run again (other width/depth) and write eval/<name>.json."""
     from gram_bench.harness.config import load_config
     from gram_bench.harness.device import pick_device, use_bf16
+    from gram_bench.harness.evaluate import eval_name
     from gram_bench.harness.runner import build, final_eval
     from gram_bench.metrics import SELECTIONS
 
@@ -220,6 +222,7 @@ def eval_cmd(run_dir: Path = typer.Argument(..., help="A run directory (runs/<ta
     if select not in SELECTIONS:
         raise UsageError(f"--select must be one of {', '.join(SELECTIONS)}, got '{select}'.")
     cfg = load_config(run_dir / "config.yaml")
+    own_limit = cfg.eval.limit
     if limit is not None:
         if limit < 0:
             raise UsageError(f"--limit must be 0 (all) or positive, got {limit}.")
@@ -227,8 +230,11 @@ def eval_cmd(run_dir: Path = typer.Argument(..., help="A run directory (runs/<ta
     dev = pick_device(device)
     task_obj, model_obj = build(cfg, default_data_dir(data_dir), dev)
     task_obj.verify_files()
+    samples = samples or cfg.eval.samples
+    steps = steps or cfg.eval.steps or model_obj.default_steps
+    name = eval_name(cfg.eval.split, samples, steps, limit=cfg.eval.limit if cfg.eval.limit != own_limit else 0)
     final_eval(cfg, task_obj, model_obj, run_dir, dev, use_bf16(cfg.train.precision, dev), console,
-               samples=samples, steps=steps, selection=select)
+               samples=samples, steps=steps, selection=select, name=name)
 
 
 def main() -> None:

@@ -71,11 +71,11 @@ def evaluate(model, task, *, samples: int, steps: int, split: str = "test", limi
     return records, summary
 
 
-def eval_name(split: str, samples: int, steps: int, default_samples: int, default_steps: int) -> str:
-    """`test` for the run's own eval settings, `test-n{N}-s{steps}` otherwise (never overwrite)."""
-    if samples == default_samples and steps == default_steps:
+def eval_name(split: str, samples: int, steps: int, limit: int = 0, own: bool = False) -> str:
+    """`test` for the run's own final eval; `test-n{N}-s{steps}[-l{limit}]` for later evals."""
+    if own:
         return split
-    return f"{split}-n{samples}-s{steps}"
+    return f"{split}-n{samples}-s{steps}" + (f"-l{limit}" if limit else "")
 
 
 def write_eval(run_dir: Path, name: str, records: list[dict], summary: dict, selection: str = "vote") -> Path:

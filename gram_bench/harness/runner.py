@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from gram_bench.harness.config import RunConfig, save_config
@@ -42,7 +43,7 @@ def ensure_data(task, console: Console) -> None:
             prog.update(tid, completed=i, total=n)
 
         manifest = task.build(progress=cb)
-    console.print(f"built {task.data_dir}: {manifest['counts']}")
+    console.print(f"built {escape(str(task.data_dir))}: {manifest['counts']}")
 
 
 class EpochSampler:
@@ -145,7 +146,7 @@ def run(cfg: RunConfig, runs_dir: Path = Path("runs"), data_root: Path = Path("d
     status = read_status(rdir)
     if status is not None and not force:
         if status == "finished" and not resume:
-            console.print(f"[green]{rdir} already finished[/]; pass --force to run it again.")
+            console.print(f"[green]{escape(str(rdir))} already finished[/]; pass --force to run it again.")
             return rdir
         if not resume:
             raise UsageError(f"Run directory {rdir} exists (status: {status}); pass --resume to continue it "
@@ -161,7 +162,7 @@ def run(cfg: RunConfig, runs_dir: Path = Path("runs"), data_root: Path = Path("d
     write_env(rdir, env)
     write_status(rdir, "running")
     console.print(f"[bold]{cfg.task_name} x {cfg.model_name}[/] profile={cfg.profile} seed={cfg.seed} "
-                  f"params={model.num_params():,} device={device} bf16={bf16} -> {rdir}")
+                  f"params={model.num_params():,} device={device} bf16={bf16} -> {escape(str(rdir))}")
     try:
         train(cfg, task, model, rdir, device, bf16, console)
         final_eval(cfg, task, model, rdir, device, bf16, console)
@@ -274,6 +275,8 @@ def train(cfg: RunConfig, task, model, rdir: Path, device: torch.device, bf16: b
                 n_acc, t_log, ex_log = 0, now, 0
                 stats = f"loss {row['loss']:.3f} acc {row.get('exact', 0):.2f} {row['examples_per_s']:.0f} ex/s"
                 prog.update(tid, stats=stats)
+                if not console.is_terminal and step % max(tc.log_every, tc.steps // 20) < tc.log_every:
+                    console.print(f"step {step}/{tc.steps} {stats} elapsed {row['elapsed_s']:.0f}s")
             if tc.eval_every and step % tc.eval_every == 0 and step < tc.steps:
                 row = periodic_eval(cfg, task, model, ema, device, bf16)
                 append_jsonl(rdir / "train.jsonl", {"step": step, **row})
@@ -307,7 +310,10 @@ def _null():
 
 
 def final_eval(cfg: RunConfig, task, model, rdir: Path, device, bf16, console: Console,
-               samples: int | None = None, steps: int | None = None, selection: str = "vote") -> dict:
+               samples: int | None = None, steps: int | None = None, selection: str = "vote",
+               name: str | None = None) -> dict:
+    """Evaluate with EMA weights into eval/<name>.json; the run's own final eval is
+    eval/<split>.json, and `gram-bench eval` names its files so that it never overwrites it."""
     ec = cfg.eval
     samples = samples or ec.samples
     steps = steps or ec.steps or model.default_steps
@@ -324,7 +330,7 @@ def final_eval(cfg: RunConfig, task, model, rdir: Path, device, bf16, console: C
         records, summary = evaluate(model, task, samples=samples, steps=steps, split=ec.split, limit=ec.limit,
                                     batch_rows=ec.batch_size, device=device, bf16=bf16,
                                     progress=lambda i, n: prog.update(tid, completed=i, total=n))
-    name = eval_name(ec.split, samples, steps, ec.samples, ec.steps or model.default_steps)
+    name = name or eval_name(ec.split, samples, steps, own=True)
     summary["model_params"] = model.num_params()
     summary["ema"] = ema_state is not None
     path = write_eval(rdir, name, records, summary, selection)
@@ -335,7 +341,7 @@ def final_eval(cfg: RunConfig, task, model, rdir: Path, device, bf16, console: C
 def print_summary(console: Console, summary: dict, title: str = "") -> None:
     from rich.table import Table
 
-    t = Table(title=title)
+    t = Table(title=escape(title))
     for col in ("metric", "value", "95% CI", "n"):
         t.add_column(col)
     for k, m in summary["metrics"].items():

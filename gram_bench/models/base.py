@@ -153,7 +153,7 @@ class RecursiveModel(Model):
             if self.cfg.act and self.training:
                 halt_now = q_halt > 0
                 explore = torch.rand_like(q_halt) < self.cfg.halt_exploration
-                min_steps = torch.randint_like(steps, 2, self.cfg.n_sup + 1) * explore
+                min_steps = torch.randint_like(steps, min(2, self.cfg.n_sup), self.cfg.n_sup + 1) * explore
                 halted = halted | (halt_now & (steps >= min_steps))
         logs = {"ce": ce.mean().detach(), "halt": halt_loss.detach(), "value": value_loss.detach(),
                 "token_acc": tok_acc.mean(), "exact": exact.float().mean(),

@@ -5,7 +5,10 @@ One transition:  K times l <- f_L(l + h + e_x);  u = f_H(h + l);
                  eps ~ p(eps | u) = N(mu(u), sigma(u)^2)       (prior, inference)
                  eps ~ q(eps | u, y)                           (posterior, training)
                  h <- u + eps                                  (noise on h only)
-T transitions form one supervision step; only the last carries gradient. Loss per
+T transitions form one supervision step; only the last carries gradient. In training the
+posterior is sampled at that last transition only (`posterior_at=last`): the earlier ones
+use the prior, as at inference, because their KL is not in the loss and a posterior there
+would pass y to the decoder for free (measured: train exact 1.0, prior-rollout 0.0). Loss per
 supervision step (Eq. 14): CE(decoder(h_T), y) + beta * KL(q || p) at the last transition,
 with KL balancing 0.8 * KL(sg(q) || p) + 0.2 * KL(q || sg(p)).
 
@@ -76,9 +79,10 @@ class GRAM(RecursiveModel):
         posterior_input: str = "concat"  # [open] MLP over concat(u, embed(y)) | u + embed(y)
         guidance_hidden: int = 0  # MLP width of prior/posterior heads; 0 = hidden
         sigma: str = "softplus"  # [open] softplus | exp
-        sigma_init: float = 1.0  # initial sigma of prior and posterior
+        sigma_init: float = 0.1  # [open] initial sigma of prior and posterior (1.0 measured not to learn)
         sigma_min: float = 1e-3  # [open] floor on sigma
         guidance: str = "learned"  # learned | none | noise   (ablations)
+        posterior_at: str = "last"  # [open] transitions that sample the posterior in training: last | all
         act: bool = True  # ACT halting in training
         halt_exploration: float = 0.1
         halt_loss_weight: float = 0.5  # [open] (TRM 0.5)
@@ -92,7 +96,8 @@ class GRAM(RecursiveModel):
                                        ("ce_reduce", self.ce_reduce, ("sum", "mean")),
                                        ("posterior_input", self.posterior_input, ("concat", "add")),
                                        ("sigma", self.sigma, ("softplus", "exp")),
-                                       ("guidance", self.guidance, ("learned", "none", "noise"))):
+                                       ("guidance", self.guidance, ("learned", "none", "noise")),
+                                       ("posterior_at", self.posterior_at, ("last", "all"))):
                 if val not in choices:
                     raise ValueError(f"{name} must be one of {', '.join(choices)}, got '{val}'")
             if min(self.K, self.T, self.n_sup, self.l_layers, self.h_layers) < 1:
@@ -156,9 +161,10 @@ class GRAM(RecursiveModel):
     def segment(self, state, e_x, y):
         h, l = state
         y_feat = self._y_features(y, e_x) if (y is not None and self.cfg.guidance == "learned") else None
+        early = y_feat if self.cfg.posterior_at == "all" else None
         with torch.no_grad():
             for _ in range(self.cfg.T - 1):
-                h, l, _ = self.transition(h, l, e_x, y_feat)
+                h, l, _ = self.transition(h, l, e_x, early)
         h, l, kl = self.transition(h, l, e_x, y_feat)  # the only transition with gradient
         extras = {}
         if kl is not None:

@@ -1,0 +1,108 @@
+"""Config resolution: profiles, task hints, validated overrides, save/load round trip."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import yaml
+
+from gram_bench.harness.config import (PROFILES, EvalConfig, TrainConfig, load_config, load_profile, parse_set,
+                                       resolve, save_config)
+from gram_bench.harness.errors import UsageError
+from gram_bench.harness.rundir import run_id
+from gram_bench.models.gram import GRAM
+
+
+def test_beta_comes_from_the_task():
+    assert resolve("nqueens", "gram", "cpu").model.beta == 0.07
+    assert resolve("nqueens", "gram", "cpu", {"task.n": 10}).model.beta == 0.045
+    assert resolve("nqueens", "gram", "cpu", {"task.n": 10, "model.beta": 0.2}).model.beta == 0.2
+    assert GRAM.Config().beta is None
+    assert not hasattr(resolve("nqueens", "trm", "cpu").model, "beta")
+
+
+def test_profile_values_are_applied():
+    cfg = resolve("nqueens", "gram", "smoke")
+    assert cfg.profile == "smoke" and cfg.seed == 0
+    assert (cfg.model.hidden, cfg.model.heads, cfg.model.K, cfg.model.T, cfg.model.n_sup) == (32, 2, 1, 2, 2)
+    assert (cfg.train.steps, cfg.train.batch_size, cfg.train.checkpoint_every, cfg.train.precision) == \
+        (6, 16, 3, "fp32")
+    assert (cfg.eval.samples, cfg.eval.limit) == (3, 16)
+    assert cfg.train.weight_decay == TrainConfig().weight_decay  # not in the profile: the default
+    paper = resolve("nqueens", "gram", "paper")
+    assert (paper.model.hidden, paper.model.K, paper.model.n_sup, paper.train.lr) == (512, 4, 16, 1e-4)
+
+
+def test_overrides_and_seed():
+    cfg = resolve("nqueens", "trm", "smoke", parse_set(["model.hidden=64", "train.lr=3e-4", "seed=4"]))
+    assert cfg.model.hidden == 64 and cfg.train.lr == 3e-4 and cfg.seed == 4
+    assert resolve("nqueens", "trm", "smoke", {"seed": 4}, seed=7).seed == 7  # --seeds wins
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+@pytest.mark.parametrize("model", ["gram", "trm"])
+def test_round_trip(tmp_path, profile, model):
+    cfg = resolve("nqueens", model, profile, {"task.n": 10, "seed": 3})
+    save_config(cfg, tmp_path / "config.yaml")
+    back = load_config(tmp_path / "config.yaml")
+    assert back == cfg
+    assert back.fingerprint() == cfg.fingerprint() and run_id(back) == run_id(cfg)
+    d = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    assert set(d) == {"task", "model", "train", "eval", "seed", "profile"}
+    assert d["task"]["name"] == "nqueens" and d["model"]["name"] == model
+
+
+def test_fingerprint_ignores_eval_and_logging_only():
+    base = resolve("nqueens", "gram", "smoke")
+    same = resolve("nqueens", "gram", "smoke", {"eval.samples": 9, "train.log_every": 1, "train.eval_every": 0,
+                                                "train.checkpoint_every": 2, "train.max_minutes": 1.5})
+    assert same.fingerprint() == base.fingerprint()
+    for change in ({"train.steps": 7}, {"train.lr": 0.002}, {"model.hidden": 64}, {"task.n": 10}, {"seed": 1}):
+        assert run_id(resolve("nqueens", "gram", "smoke", change)) != run_id(base), change
+    assert run_id(base) == f"smoke-seed0-{base.fingerprint()}" and len(base.fingerprint()) == 8
+
+
+def test_parse_set_types():
+    assert parse_set(["model.hidden=256", "train.lr=3e-4", "model.sigma_init=1.5", "model.act=false",
+                      "model.beta=null", "model.guidance=none", "eval.split=test"]) == {
+        "model.hidden": 256, "train.lr": 3e-4, "model.sigma_init": 1.5, "model.act": False, "model.beta": None,
+        "model.guidance": "none", "eval.split": "test"}
+    with pytest.raises(UsageError, match="key=value"):
+        parse_set(["model.hidden"])
+
+
+@pytest.mark.parametrize("sets, phrase", [
+    ({"model.hiden": 3}, "Did you mean 'model.hidden'?"),
+    ({"train.lr": "abc"}, "'train.lr' must be of type float"),
+    ({"train.steps": 2.5}, "'train.steps' must be of type int"),
+    ({"trian.lr": 1.0}, "Did you mean 'train.lr'?"),
+    ({"train.steps": 0}, "train.steps must be at least 1"),
+    ({"task.n": 3}, "n must be between 4 and 12 (a task setting)"),
+    ({"model.hidden": 33}, "hidden must be divisible by heads (a model setting)"),
+    ({"model.guidance": "maybe"}, "guidance must be one of learned, none, noise"),
+    ({"eval.split": "val"}, "eval.split must be test or train"),
+    ({"seed": -1}, "seed must be non-negative"),
+])
+def test_bad_overrides_name_the_key(sets, phrase):
+    with pytest.raises(UsageError) as e:
+        resolve("nqueens", "gram", "smoke", sets)
+    assert phrase in str(e.value)
+
+
+def test_unknown_names():
+    with pytest.raises(UsageError, match="Did you mean 'nqueens'"):
+        resolve("nqeens", "gram")
+    with pytest.raises(UsageError, match="Did you mean 'gram'"):
+        resolve("nqueens", "grm")
+    with pytest.raises(UsageError, match="Did you mean 'smoke'"):
+        load_profile("smok")
+
+
+def test_defaults_are_valid():
+    assert TrainConfig().steps >= 1 and EvalConfig().samples >= 1
+    for name in PROFILES:
+        assert isinstance(load_profile(name).get("description"), str)
+    cfg = resolve("nqueens", "gram")
+    assert cfg.profile == "cpu"
+    assert dataclasses.asdict(cfg.task) == {"n": 8, "split_seed": 0, "train_fraction": 0.85}
