@@ -220,3 +220,23 @@ def test_num_params_and_seeded_init():
     assert a.num_params() == sum(p.numel() for p in a.parameters()) > 0
     assert all(torch.equal(a.state_dict()[k], b.state_dict()[k]) for k in a.state_dict())
     assert not torch.equal(a.h0, c.h0)
+
+
+@pytest.mark.parametrize("where,calls", [("last", 1), ("all", 3)])
+def test_posterior_is_sampled_only_where_its_kl_is_paid(where, calls, monkeypatch):
+    """posterior_at=last: the T-1 gradient-free transitions use the prior, so y cannot reach
+    the decoder without its KL being in the loss."""
+    m = make(GRAM, GRAM_CFG, T=3, posterior_at=where).train()
+    n = {"post": 0, "prior": 0}
+    for name in n:
+        mod = getattr(m, "posterior" if name == "post" else "prior")
+        orig = mod.forward
+
+        def counted(x, _orig=orig, _name=name):
+            n[_name] += 1
+            return _orig(x)
+
+        monkeypatch.setattr(mod, "forward", counted)
+    b = batch()
+    m.loss(b, m.initial_carry(b, CPU))
+    assert n == {"post": calls, "prior": 3}

@@ -43,6 +43,16 @@ def git_commit() -> str | None:
         return None
 
 
+def cpu_name() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "cpu"
+
+
 def env_record(device: torch.device, bf16: bool) -> dict:
     rec = {
         "gram_bench": gram_bench.__version__,
@@ -51,7 +61,7 @@ def env_record(device: torch.device, bf16: bool) -> dict:
         "torch": torch.__version__,
         "platform": platform.platform(),
         "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
         "bf16_autocast": bf16,
         "torch_threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
