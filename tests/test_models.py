@@ -41,6 +41,9 @@ def test_registry():
 
 def test_gram_loss_step_reaches_every_part():
     m = make(GRAM, GRAM_CFG).train()
+    # At init q == p exactly (zero-initialised output layers), where the KL and its gradient
+    # are 0; move the posterior off the prior so the prior's gradient is a real one.
+    torch.nn.init.normal_(m.posterior.out.weight, std=0.05)
     b = batch()
     loss, logs, carry = m.loss(b, m.initial_carry(b, CPU))
     assert loss.ndim == 0 and torch.isfinite(loss)
@@ -138,7 +141,7 @@ def test_deterministic_models_repeat_themselves(cls, cfg):
 
 
 def test_gram_noise_ablation_is_stochastic():
-    m = make(GRAM, GRAM_CFG, guidance="noise").eval()
+    m = make(GRAM, GRAM_CFG, guidance="noise", sigma_init=1.0).eval()
     assert not hasattr(m, "posterior")
     x, pid = batch(1)["inputs"], torch.zeros(1, dtype=torch.long)
     torch.manual_seed(0)
