@@ -159,6 +159,14 @@ def run(cfg: RunConfig, runs_dir: Path = Path("runs"), data_root: Path = Path("d
     save_config(cfg, rdir / "config.yaml")
     env = env_record(device, bf16)
     env["params"] = model.num_params()
+    old_env = rdir / "env.json"
+    if resume and old_env.exists():  # keep the first start time; list every resume
+        try:
+            old = json.loads(old_env.read_text())
+            env["resumed_at"] = old.get("resumed_at", []) + [env["start_time"]]
+            env["start_time"] = old.get("start_time", env["start_time"])
+        except json.JSONDecodeError:
+            pass
     write_env(rdir, env)
     write_status(rdir, "running")
     console.print(f"[bold]{cfg.task_name} x {cfg.model_name}[/] profile={cfg.profile} seed={cfg.seed} "
@@ -172,8 +180,8 @@ def run(cfg: RunConfig, runs_dir: Path = Path("runs"), data_root: Path = Path("d
     except RunFailed as e:
         write_status(rdir, f"failed: {e}")
         raise
-    except UsageError:
-        write_status(rdir, "failed: bad input")
+    except UsageError as e:
+        write_status(rdir, f"failed: {e}")
         raise
     except Exception as e:
         write_status(rdir, f"failed: {type(e).__name__}: {e}")
