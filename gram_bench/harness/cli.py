@@ -205,6 +205,8 @@ def eval_cmd(run_dir: Path = typer.Argument(..., help="A run directory (runs/<ta
              device: str = typer.Option("auto", "--device"),
              data_dir: Optional[Path] = typer.Option(None, "--data-dir")):
     """Sample from a trained run again (other width/depth) and write eval/<name>.json."""
+    import torch
+
     from gram_bench.harness.config import load_config
     from gram_bench.harness.device import pick_device, use_bf16
     from gram_bench.harness.evaluate import eval_name
@@ -228,6 +230,8 @@ def eval_cmd(run_dir: Path = typer.Argument(..., help="A run directory (runs/<ta
             raise UsageError(f"--limit must be 0 (all) or positive, got {limit}.")
         cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, limit=limit))
     dev = pick_device(device)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
     task_obj, model_obj = build(cfg, default_data_dir(data_dir), dev)
     task_obj.verify_files()
     samples = samples or cfg.eval.samples

@@ -30,7 +30,6 @@ def evaluate(model, task, *, samples: int, steps: int, split: str = "test", limi
     """Returns (per-example records, summary). The global RNG is left untouched."""
     es = task.eval_set(split)
     es = es.subset(eval_subset(len(es), limit))
-    ref_keys = task.reference_keys(split) if hasattr(task, "reference_keys") else None
     was_training = model.training
     model.eval()
     per_chunk = max(1, batch_rows // samples)
@@ -47,12 +46,11 @@ def evaluate(model, task, *, samples: int, steps: int, split: str = "test", limi
             fields = {k: v.cpu().numpy() for k, v in task.verify(x, out.preds).items()}
             preds = out.preds.cpu().numpy()
             exact = (out.preds == es.targets[sl].to(device).unsqueeze(1)).all(-1).cpu().numpy()
-            keys = [[k for k in task.canonical(p)] for p in preds]
+            keys = [task.canonical(p) for p in preds]
             scores = {k: v.float().cpu().numpy() for k, v in out.scores.items()}
             records += example_records(es.ids[sl], es.n_solutions[sl], keys, fields, exact, scores, preds)
             if progress:
                 progress(min(start + per_chunk, len(es)), len(es))
-    del ref_keys
     elapsed = time.perf_counter() - t0
     model.train(was_training)
     summary = {
