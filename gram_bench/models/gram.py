@@ -27,7 +27,7 @@ from torch import nn
 
 from gram_bench.models import MODELS
 from gram_bench.models.base import RecursiveModel, init_z0
-from gram_bench.models.layers import Linear, Stack, rms_norm
+from gram_bench.models.layers import Linear, Stack
 
 
 def gaussian_kl(mu_q, sd_q, mu_p, sd_p) -> torch.Tensor:
