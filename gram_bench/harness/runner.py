@@ -7,7 +7,7 @@ import json
 import shutil
 import time
 from collections import defaultdict
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
@@ -302,7 +302,7 @@ def train(cfg: RunConfig, task, model, rdir: Path, device: torch.device, bf16: b
 
 def periodic_eval(cfg: RunConfig, task, model, ema, device, bf16) -> dict:
     tc = cfg.train
-    with (ema.applied(model) if ema else _null()):
+    with (ema.applied(model) if ema else nullcontext()):
         _, summary = evaluate(model, task, samples=tc.eval_samples, steps=model.default_steps,
                               limit=tc.eval_examples, batch_rows=cfg.eval.batch_size, device=device, bf16=bf16)
     m = summary["metrics"]
@@ -311,10 +311,6 @@ def periodic_eval(cfg: RunConfig, task, model, ema, device, bf16) -> dict:
         out["eval_coverage"] = m["coverage"]["value"]
     return out
 
-
-@contextmanager
-def _null():
-    yield
 
 
 def final_eval(cfg: RunConfig, task, model, rdir: Path, device, bf16, console: Console,
