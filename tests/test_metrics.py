@@ -62,6 +62,7 @@ def test_summarize_values(four):
         "coverage": (2 / 4 + 2 / 2 + 0 / 3 + 1 / 1) / 4,
         "coverage_pooled": (2 + 2 + 0 + 1) / (4 + 2 + 3 + 1),
         "conflicts_total": 3.0, "conflicts_mean": 0.75,  # of the vote-selected answers: 0, 0, 3, 0
+        "conflicts_total_first": 4.0,  # of sample 0: 0, 1, 3, 0
         "distinct_samples": 1.75,
         # inputs with >= 2 solutions: the first three
         "accuracy_first_multi": 1 / 3, "accuracy_vote_multi": 2 / 3, "accuracy_oracle_multi": 2 / 3,

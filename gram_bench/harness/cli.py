@@ -85,7 +85,8 @@ def list_cmd(what: str = typer.Argument("all", help="tasks | models | profiles |
         t.add_column("name")
         t.add_column("description")
         for name in MODELS:
-            doc = (sys.modules[MODELS.get(name).__module__].__doc__ or "").strip().splitlines()[0]
+            cls = MODELS.get(name)
+            doc = (cls.__doc__ or sys.modules[cls.__module__].__doc__ or "").strip().splitlines()[0]
             t.add_row(name, doc)
         console.print(t)
     if what in ("profiles", "all"):

@@ -19,7 +19,8 @@ def summarize(records: list[dict], seed: int = 0, slices: bool = True) -> dict[s
     accuracy_<rule>: the selected sample satisfies every constraint (rule in first, vote,
     lprm, halt, and oracle = any of N valid, i.e. pass@N); exact_<rule>: equals the stored
     target; coverage: mean over inputs of distinct valid answers / number of valid answers;
-    coverage_pooled: sum(found) / sum(total); conflicts_*: of the vote-selected answer.
+    coverage_pooled: sum(found) / sum(total); conflicts_total (sum over the test set) and
+    conflicts_mean: of the vote-selected answer; conflicts_total_first: of sample 0.
     With `slices`, the same on inputs with 2 or more solutions, suffixed `_multi`."""
     out: dict[str, dict] = {}
     if not records:
@@ -46,6 +47,8 @@ def summarize(records: list[dict], seed: int = 0, slices: bool = True) -> dict[s
         c = np.array([r["conflicts"][r["selected"]["vote"]] for r in records], dtype=float)
         out["conflicts_total"] = _metric(bootstrap_ci([c], sum_stat, seed=seed), n)
         out["conflicts_mean"] = _metric(bootstrap_ci([c], mean_stat, seed=seed), n)
+        c1 = np.array([r["conflicts"][0] for r in records], dtype=float)
+        out["conflicts_total_first"] = _metric(bootstrap_ci([c1], sum_stat, seed=seed), n)
     out["distinct_samples"] = _metric(bootstrap_ci([np.array([r["distinct"] for r in records], dtype=float)],
                                                    mean_stat, seed=seed), n)
     if slices:

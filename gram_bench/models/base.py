@@ -60,8 +60,10 @@ class RecursiveModel(Model):
     Each `loss` call runs one supervision step on every row of the carry: rows that halted
     on the previous call are replaced by the same rows of the new batch and their state is
     reset to the fixed z0. A row halts after `n_sup` steps or, with ACT, when the halting
-    logit is positive (after a random minimum number of steps with probability
-    `halt_exploration`, as TRM). Subclasses define the state and one supervision step."""
+    logit is positive (`halting=bce`, TRM: q_halt is trained by BCE on exact correctness) or
+    exceeds the continue logit (`halting=q_learning`, HRM: q_continue is trained towards the
+    next step's Q value, one extra no-grad forward), after a random minimum number of steps
+    with probability `halt_exploration`. Subclasses define the state and one supervision step."""
 
     def __init__(self, cfg: Any, layout: Any):
         super().__init__(cfg, layout)
@@ -70,7 +72,8 @@ class RecursiveModel(Model):
         self.embed = InputEmbedding(layout.vocab, D, cfg.prefix, layout.n_puzzle_ids)
         self.lm_head = Linear(D, layout.vocab)
         # Halting and value heads read the first position, detached from the core.
-        self.q_head = nn.Sequential(Linear(D, D, bias=True), nn.SiLU(), Linear(D, 1, bias=True))
+        n_q = 2 if cfg.halting == "q_learning" else 1  # (q_halt, q_continue) or q_halt
+        self.q_head = nn.Sequential(Linear(D, D, bias=True), nn.SiLU(), Linear(D, n_q, bias=True))
         self.v_head = nn.Sequential(Linear(D, D, bias=True), nn.SiLU(), Linear(D, 1, bias=True))
         nn.init.zeros_(self.q_head[2].weight)
         nn.init.constant_(self.q_head[2].bias, -5.0)
@@ -102,11 +105,12 @@ class RecursiveModel(Model):
         return self.embed(pad_to(inputs, self.seq_len - self.cfg.prefix), puzzle_ids)
 
     def heads(self, hid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """hid [B, S, D] -> logits [B, out_len, V] (fp32), q_halt [B], value [B]."""
+        """hid [B, S, D] -> logits [B, out_len, V] (fp32), q [B, 1 or 2] (halt[, continue]),
+        value [B]."""
         P = self.cfg.prefix
         logits = self.lm_head(hid[:, P:P + self.layout.out_len]).float()
         first = hid[:, 0].detach() if self.cfg.detach_heads else hid[:, 0]
-        return logits, self.q_head(first).float().squeeze(-1), self.v_head(first).float().squeeze(-1)
+        return logits, self.q_head(first).float(), self.v_head(first).float().squeeze(-1)
 
     def initial_carry(self, batch: dict, device: torch.device) -> Carry:
         B = batch["inputs"].shape[0]
@@ -136,7 +140,8 @@ class RecursiveModel(Model):
         y = c["targets"]
         e_x = self.embed_inputs(c["inputs"], c["puzzle_ids"])
         state, extras = self.segment(c["state"], e_x, y)
-        logits, q_halt, value = self.heads(self.readout(state))
+        logits, q, value = self.heads(self.readout(state))
+        q_halt = q[:, 0]
         ce_tok = F.cross_entropy(logits.transpose(1, 2), y, reduction="none")  # [B, L]
         ce = ce_tok.mean(-1) if self.cfg.ce_reduce == "mean" else ce_tok.sum(-1)
         with torch.no_grad():
@@ -144,14 +149,17 @@ class RecursiveModel(Model):
             tok_acc = (pred == y).float().mean(-1)
             exact = (pred == y).all(-1)
         extra, extra_logs = self.extra_loss(extras)
+        steps = c["steps"] + 1
         halt_loss = F.binary_cross_entropy_with_logits(q_halt, exact.float())
+        if self.cfg.halting == "q_learning":
+            halt_loss = halt_loss + F.binary_cross_entropy_with_logits(
+                q[:, 1], self._continue_target(state, e_x, steps >= self.cfg.n_sup))
         value_loss = F.mse_loss(value, exact.float())
         loss = (ce + extra).mean() + self.cfg.halt_loss_weight * halt_loss + self.cfg.value_loss_weight * value_loss
-        steps = c["steps"] + 1
         with torch.no_grad():
             halted = steps >= self.cfg.n_sup
             if self.cfg.act and self.training:
-                halt_now = q_halt > 0
+                halt_now = q_halt > (q[:, 1] if self.cfg.halting == "q_learning" else 0)
                 explore = torch.rand_like(q_halt) < self.cfg.halt_exploration
                 min_steps = torch.randint_like(steps, min(2, self.cfg.n_sup), self.cfg.n_sup + 1) * explore
                 halted = halted | (halt_now & (steps >= min_steps))
@@ -163,6 +171,14 @@ class RecursiveModel(Model):
         return loss, logs, new_carry
 
     @torch.no_grad()
+    def _continue_target(self, state: tuple, e_x: torch.Tensor, is_last: torch.Tensor) -> torch.Tensor:
+        """HRM's Q-learning target for q_continue: one extra forward (no gradient) from the new
+        state; sigmoid(q_halt') on a row's last step, else sigmoid(max(q_halt', q_continue'))."""
+        nxt, _ = self.segment(tuple(s.detach() for s in state), e_x.detach(), None)
+        _, q_next, _ = self.heads(self.readout(nxt))
+        return torch.sigmoid(torch.where(is_last, q_next[:, 0], q_next.max(-1).values))
+
+    @torch.no_grad()
     def sample(self, inputs: torch.Tensor, puzzle_ids: torch.Tensor, n_samples: int,
                steps: int | None = None) -> SampleOutput:
         B = inputs.shape[0]
@@ -172,10 +188,26 @@ class RecursiveModel(Model):
         state = self.init_state(x.shape[0], x.device)
         for _ in range(steps or self.cfg.n_sup):
             state, _ = self.segment(state, e_x, None)
-        logits, q_halt, value = self.heads(self.readout(state))
+        logits, q, value = self.heads(self.readout(state))
         preds = logits.argmax(-1).view(B, n_samples, -1)
-        return SampleOutput(preds, {"halt": torch.sigmoid(q_halt).view(B, n_samples),
+        return SampleOutput(preds, {"halt": torch.sigmoid(q[:, 0]).view(B, n_samples),
                                     "lprm": value.view(B, n_samples)})
+
+
+def check_recursive(cfg: Any, positive: tuple[str, ...]) -> None:
+    """Checks shared by the recursive models' configs; raises ValueError naming the field."""
+    if cfg.hidden % cfg.heads:
+        raise ValueError("hidden must be divisible by heads")
+    low = [f for f in positive if getattr(cfg, f) < 1]
+    if low:
+        raise ValueError(f"{', '.join(low)} must be at least 1")
+    if cfg.prefix < 1:
+        raise ValueError("prefix must be at least 1 (the heads read position 0)")
+    for name, choices in (("ce_reduce", ("sum", "mean")), ("halting", ("bce", "q_learning"))):
+        if getattr(cfg, name) not in choices:
+            raise ValueError(f"{name} must be one of {', '.join(choices)}, got '{getattr(cfg, name)}'")
+    if not 0 <= cfg.halt_exploration <= 1:
+        raise ValueError("halt_exploration must be in [0, 1]")
 
 
 def init_z0(dim: int) -> torch.Tensor:

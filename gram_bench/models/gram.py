@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gram_bench.models import MODELS
-from gram_bench.models.base import RecursiveModel, init_z0
+from gram_bench.models.base import RecursiveModel, check_recursive, init_z0
 from gram_bench.models.layers import Linear, Stack
 
 
@@ -84,26 +84,21 @@ class GRAM(RecursiveModel):
         guidance: str = "learned"  # learned | none | noise   (ablations)
         posterior_at: str = "last"  # [open] transitions that sample the posterior in training: last | all
         act: bool = True  # ACT halting in training
+        halting: str = "bce"  # bce (authors' code: q_halt > 0) | q_learning (HRM-style, q_continue)
         halt_exploration: float = 0.1
         halt_loss_weight: float = 0.5  # [open] (TRM 0.5)
         value_loss_weight: float = 0.5  # [open] LPRM value-head loss weight
         detach_heads: bool = True  # Q/value losses do not backpropagate into the core
 
         def check(self) -> None:
-            if self.hidden % self.heads:
-                raise ValueError("hidden must be divisible by heads")
+            check_recursive(self, ("K", "T", "n_sup", "l_layers", "h_layers"))
             for name, val, choices in (("kl_reduce", self.kl_reduce, ("sum", "mean")),
-                                       ("ce_reduce", self.ce_reduce, ("sum", "mean")),
                                        ("posterior_input", self.posterior_input, ("concat", "add")),
                                        ("sigma", self.sigma, ("softplus", "exp")),
                                        ("guidance", self.guidance, ("learned", "none", "noise")),
                                        ("posterior_at", self.posterior_at, ("last", "all"))):
                 if val not in choices:
                     raise ValueError(f"{name} must be one of {', '.join(choices)}, got '{val}'")
-            if min(self.K, self.T, self.n_sup, self.l_layers, self.h_layers) < 1:
-                raise ValueError("K, T, n_sup, l_layers and h_layers must be at least 1")
-            if self.prefix < 1:
-                raise ValueError("prefix must be at least 1 (the heads read position 0)")
             if self.beta is not None and self.beta < 0:
                 raise ValueError("beta must be non-negative")
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from gram_bench.models import MODELS
-from gram_bench.models.base import RecursiveModel, init_z0
+from gram_bench.models.base import RecursiveModel, check_recursive, init_z0
 from gram_bench.models.layers import Stack
 
 
@@ -34,20 +34,14 @@ class TRM(RecursiveModel):
         rope_theta: float = 10000.0
         ce_reduce: str = "mean"
         act: bool = True
+        halting: str = "bce"  # bce (TRM: q_halt > 0) | q_learning (HRM: q_halt > q_continue)
         halt_exploration: float = 0.1
         halt_loss_weight: float = 0.5
         value_loss_weight: float = 0.5
         detach_heads: bool = False  # TRM's Q head is trained through the core
 
         def check(self) -> None:
-            if self.hidden % self.heads:
-                raise ValueError("hidden must be divisible by heads")
-            if min(self.n, self.T, self.n_sup, self.layers) < 1:
-                raise ValueError("n, T, n_sup and layers must be at least 1")
-            if self.prefix < 1:
-                raise ValueError("prefix must be at least 1 (the heads read position 0)")
-            if self.ce_reduce not in ("sum", "mean"):
-                raise ValueError("ce_reduce must be sum or mean")
+            check_recursive(self, ("n", "T", "n_sup", "layers"))
 
     def __init__(self, cfg: "TRM.Config", layout):
         super().__init__(cfg, layout)

@@ -8,6 +8,7 @@ hashes don't match, naming the file and the command that rebuilds it.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import shutil
@@ -69,6 +70,7 @@ class Task:
 
     name: ClassVar[str]
     Config: ClassVar[type]
+    name_fields: ClassVar[tuple[str, ...]] = ()  # config fields spelled out in the directory name
 
     def __init__(self, cfg: Any, data_root: Path | str = "data"):
         self.cfg = cfg
@@ -82,7 +84,15 @@ class Task:
         return {}
 
     def dir_name(self) -> str:
-        raise NotImplementedError
+        """`<name>-<name_fields...>`, e.g. `nqueens-8`; when any other config field differs from
+        its default, a short hash of the whole config is appended so that two configurations
+        never share (and overwrite) one directory."""
+        parts = [self.name] + [str(getattr(self.cfg, f)) for f in self.name_fields]
+        default = self.Config(**{f: getattr(self.cfg, f) for f in self.name_fields})
+        if self.cfg != default:
+            blob = json.dumps(dataclasses.asdict(self.cfg), sort_keys=True).encode()
+            parts.append(hashlib.sha256(blob).hexdigest()[:8])
+        return "-".join(parts)
 
     @property
     def data_dir(self) -> Path:

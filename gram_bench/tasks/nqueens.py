@@ -49,6 +49,7 @@ def removal_counts(n: int) -> tuple[int, ...]:
 @TASKS.register("nqueens")
 class NQueens(Task):
     name = "nqueens"
+    name_fields = ("n",)
 
     @dataclass(frozen=True)
     class Config:
@@ -65,9 +66,6 @@ class NQueens(Task):
     @classmethod
     def model_hints(cls, cfg: "NQueens.Config") -> dict:
         return {"beta": {8: 0.07, 10: 0.045}.get(cfg.n, 0.07)}
-
-    def dir_name(self) -> str:
-        return f"nqueens-{self.cfg.n}"
 
     @property
     def layout(self) -> Layout:
