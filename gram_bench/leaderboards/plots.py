@@ -73,7 +73,7 @@ def scaling_frame(run_dirs: list[Path], select: str = "vote") -> pd.DataFrame:
                         rows.append({"run": _label(rdir), "samples": n, "steps": steps, "metric": metric,
                                      "value": 100 * m[metric]["value"], "ci_low": 100 * m[metric]["ci_low"],
                                      "ci_high": 100 * m[metric]["ci_high"]})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=["run", "samples", "steps", "metric", "value", "ci_low", "ci_high"])
 
 
 def solutions_frame(run_dirs: list[Path], select: str = "vote") -> pd.DataFrame:

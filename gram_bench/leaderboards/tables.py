@@ -80,7 +80,7 @@ class Table:
             return ""
         if isinstance(p, tuple):
             return f"{p[0]:g} ± {p[1]:g}"
-        return f"{p:g}"
+        return p if isinstance(p, str) else f"{p:g}"
 
     def cell_text(self, r: Row, c: Col) -> str:
         cell = self.cells[(r.key, c.key)]
@@ -132,7 +132,7 @@ class Table:
 
 def _latex_escape(s: str) -> str:
     for a, b in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"), ("#", r"\#"),
-                 ("±", r"$\pm$"), ("~", r"$\sim$"), ("^", r"\^{}")):
+                 ("±", r"$\pm$"), ("~", r"$\sim$"), ("^", r"\^{}"), ("[", "{[}"), ("]", "{]}")):
         s = s.replace(a, b)
     return s
 
@@ -339,6 +339,8 @@ def scaling(df: pd.DataFrame, profile: str | None = None, select: str = "vote", 
     """Width x depth: rows = samples N, columns = supervision steps; accuracy of the
     `select` rule. Widths below an eval's N are recomputed from its records."""
     sub = df[(df["dataset"] == dataset) & (df["model"] == model) & (df["tag"] == "")]
+    if not sub.empty:  # the profile's own runs only, as every other table
+        sub = sub[sub["overrides"].map(lambda o: _matches(o, Row("", "", model))).astype(bool)]
     depths = sorted({int(s) for s in sub["steps"].dropna().unique()}) or [8, 16, 32]
     widths = sorted({1, 5, 20, 50} | {int(s) for s in sub["samples"].dropna().unique()})
     metric = f"accuracy_{select}"
