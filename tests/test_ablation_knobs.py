@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from gram_bench.harness.config import TrainConfig, resolve
-from gram_bench.harness.variants import VARIANTS
+from gram_bench.harness.ablation import variant_sets
+from gram_bench.harness.variants import VARIANTS, by_key
 from gram_bench.metrics.records import answer_ids, example_records, truncate
 from gram_bench.metrics.summary import summarize
 from gram_bench.models.gram import GRAM
@@ -141,8 +142,10 @@ def test_answer_ids_and_truncation_recompute_votes():
 
 def test_variants_resolve_for_their_models():
     for v in VARIANTS:
-        sets = {f"model.{k}": (8 if str(val).startswith("$") else val) for k, val in v.train_sets.items()}
-        cfg = resolve("nqueens", v.model, "cpu", sets)
+        cfg = resolve("nqueens", v.model, "cpu", variant_sets(v, "nqueens", "cpu"))
         for k, val in v.eval_sets.items():
             assert k in type(cfg.model).inference_fields
         assert cfg.model_name == v.model
+    deep = variant_sets(by_key("looped-deep-guidance"), "graph-coloring", "cpu")
+    assert deep == {"model.guidance": "learned", "model.ce_reduce": "sum", "model.n_sup": 8, "model.act": True}
+    assert variant_sets(by_key("looped-guidance"), "nqueens", "cpu")["model.ce_reduce"] == "mean"
