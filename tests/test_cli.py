@@ -126,7 +126,7 @@ def test_smoke_run_record(request, model, data_root):
     assert [r["step"] for r in rows if "eval_accuracy_first" in r] == [4]  # eval_every=4
 
     summary = json.loads((rdir / "eval/test.json").read_text())
-    assert summary["schema_version"] == 1
+    assert summary["schema_version"] == 2 and summary["flops_per_answer"] > 0
     assert (summary["n_examples"], summary["samples"], summary["steps"], summary["split"]) == (16, 3, 2, "test")
     assert summary["selection"] == "vote" and summary["ema"] is True
     assert summary["model_params"] == env["params"]

@@ -49,7 +49,8 @@ def test_round_trip(tmp_path, profile, model):
     assert back == cfg
     assert back.fingerprint() == cfg.fingerprint() and run_id(back) == run_id(cfg)
     d = yaml.safe_load((tmp_path / "config.yaml").read_text())
-    assert set(d) == {"task", "model", "train", "eval", "seed", "profile"}
+    assert set(d) == {"task", "model", "train", "eval", "seed", "profile", "overrides"}
+    assert d["overrides"] == {"task.n": 10}
     assert d["task"]["name"] == "nqueens" and d["model"]["name"] == model
 
 

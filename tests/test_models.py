@@ -43,7 +43,7 @@ def test_gram_loss_step_reaches_every_part():
     m = make(GRAM, GRAM_CFG).train()
     # At init q == p exactly (zero-initialised output layers), where the KL and its gradient
     # are 0; move the posterior off the prior so the prior's gradient is a real one.
-    torch.nn.init.normal_(m.posterior.out.weight, std=0.05)
+    torch.nn.init.normal_(m.guide.posterior.out.weight, std=0.05)
     b = batch()
     loss, logs, carry = m.loss(b, m.initial_carry(b, CPU))
     assert loss.ndim == 0 and torch.isfinite(loss)
@@ -51,7 +51,7 @@ def test_gram_loss_step_reaches_every_part():
     assert all(torch.isfinite(v) for v in logs.values())
     assert float(logs["kl"]) >= 0
     loss.backward()
-    for part in (m.f_L, m.f_H, m.prior, m.posterior, m.lm_head, m.embed):
+    for part in (m.f_L, m.f_H, m.guide.prior, m.guide.posterior, m.lm_head, m.embed):
         assert grad_norm(part) > 0, part
     assert all(torch.isfinite(p.grad).all() for p in m.parameters() if p.grad is not None)
     # the fixed z0 is a buffer: stored in the checkpoint, never trained
@@ -142,7 +142,7 @@ def test_deterministic_models_repeat_themselves(cls, cfg):
 
 def test_gram_noise_ablation_is_stochastic():
     m = make(GRAM, GRAM_CFG, guidance="noise", sigma_init=1.0).eval()
-    assert not hasattr(m, "posterior")
+    assert not hasattr(m.guide, "posterior") and not hasattr(m.guide, "prior")
     x, pid = batch(1)["inputs"], torch.zeros(1, dtype=torch.long)
     torch.manual_seed(0)
     out = m.sample(x, pid, 8, 2)
@@ -232,7 +232,7 @@ def test_posterior_is_sampled_only_where_its_kl_is_paid(where, calls, monkeypatc
     m = make(GRAM, GRAM_CFG, T=3, posterior_at=where).train()
     n = {"post": 0, "prior": 0}
     for name in n:
-        mod = getattr(m, "posterior" if name == "post" else "prior")
+        mod = getattr(m.guide, "posterior" if name == "post" else "prior")
         orig = mod.forward
 
         def counted(x, _orig=orig, _name=name):

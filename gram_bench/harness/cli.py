@@ -196,50 +196,155 @@ def run(task: str = typer.Option(..., "--task", help="Task name (see `gram-bench
         run_one(cfg, runs_dir, default_data_dir(data_dir), device, resume=resume, force=force, console=console)
 
 
+def parse_ints(value: Optional[str], flag: str) -> list[int]:
+    """`"1,5,20"` -> [1, 5, 20]; every value must be at least 1."""
+    if value is None:
+        return []
+    try:
+        out = [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise UsageError(f"{flag} expects an integer or a comma-separated list like 1,5,20, got '{value}'.") from None
+    if not out or any(v < 1 for v in out):
+        raise UsageError(f"{flag} must be at least 1, got '{value}'.")
+    return out
+
+
 @app.command("eval")
 @handle_errors
 def eval_cmd(run_dir: Path = typer.Argument(..., help="A run directory (runs/<task>/<model>/<run-id>)."),
-             samples: Optional[int] = typer.Option(None, "--samples", help="Samples per input (width)."),
-             steps: Optional[int] = typer.Option(None, "--steps", help="Supervision steps (depth)."),
+             samples: Optional[str] = typer.Option(None, "--samples", help="Samples per input (width); a list "
+                                                   "like 1,5,20 evaluates each."),
+             steps: Optional[str] = typer.Option(None, "--steps", help="Supervision steps (depth); a list like "
+                                                 "8,16,32 evaluates each (the grid with --samples)."),
              select: str = typer.Option("vote", "--select", help="first | vote | lprm | halt (headline rule)"),
              limit: Optional[int] = typer.Option(None, "--limit", help="Evaluate this many test inputs (0 = all)."),
+             set_: Optional[List[str]] = typer.Option(None, "--set", help="Inference-only model override, e.g. "
+                                                      "model.decode=sample or model.init=random."),
              device: str = typer.Option("auto", "--device"),
              data_dir: Optional[Path] = typer.Option(None, "--data-dir")):
-    """Sample from a trained run again (other width/depth) and write eval/<name>.json."""
-    import torch
-
-    from gram_bench.harness.config import load_config
-    from gram_bench.harness.device import pick_device, use_bf16
-    from gram_bench.harness.evaluate import eval_name
-    from gram_bench.harness.runner import build, final_eval
+    """Sample from a trained run again (other width/depth/decoding) and write eval/<name>.json."""
+    from gram_bench.harness.runner import evaluate_run
     from gram_bench.metrics import SELECTIONS
 
-    if not (run_dir / "config.yaml").exists():
-        raise UsageError(f"{run_dir} is not a run directory (no config.yaml); pass runs/<task>/<model>/<run-id>.")
-    if not (run_dir / "checkpoint.pt").exists():
-        raise UsageError(f"{run_dir} has no checkpoint.pt; train it first with gram-bench run ... --resume.")
-    if samples is not None and samples < 1:
-        raise UsageError(f"--samples must be at least 1, got {samples}.")
-    if steps is not None and steps < 1:
-        raise UsageError(f"--steps must be at least 1, got {steps}.")
+    widths, depths = parse_ints(samples, "--samples"), parse_ints(steps, "--steps")
     if select not in SELECTIONS:
         raise UsageError(f"--select must be one of {', '.join(SELECTIONS)}, got '{select}'.")
-    cfg = load_config(run_dir / "config.yaml")
-    own_limit = cfg.eval.limit
-    if limit is not None:
-        if limit < 0:
-            raise UsageError(f"--limit must be 0 (all) or positive, got {limit}.")
-        cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, limit=limit))
-    dev = pick_device(device)
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
-    task_obj, model_obj = build(cfg, default_data_dir(data_dir), dev)
-    task_obj.verify_files()
-    samples = samples or cfg.eval.samples
-    steps = steps or cfg.eval.steps or model_obj.default_steps
-    name = eval_name(cfg.eval.split, samples, steps, limit=cfg.eval.limit if cfg.eval.limit != own_limit else 0)
-    final_eval(cfg, task_obj, model_obj, run_dir, dev, use_bf16(cfg.train.precision, dev), console,
-               samples=samples, steps=steps, selection=select, name=name)
+    if limit is not None and limit < 0:
+        raise UsageError(f"--limit must be 0 (all) or positive, got {limit}.")
+    evaluate_run(run_dir, widths, depths, select=select, limit=limit, sets=_sets(set_), device_name=device,
+                 data_root=default_data_dir(data_dir), console=console)
+
+
+# ----------------------------------------------------------------------------- tables, leaderboard, plots
+
+
+def _write_or_print(text: str, out: Optional[Path]) -> None:
+    from gram_bench.harness.io import atomic_write_text
+
+    if out is None:
+        print(text, end="")
+    else:
+        atomic_write_text(out, text)
+        console.print(f"wrote {escape(str(out))}")
+
+
+def _load(runs_dir: Path):
+    from gram_bench.leaderboards import load_runs
+
+    if not runs_dir.is_dir():
+        raise UsageError(f"Runs directory {runs_dir} does not exist; pass --runs-dir or run something first.")
+    return load_runs(runs_dir)
+
+
+@app.command()
+@handle_errors
+def table(name: str = typer.Argument(..., help="multi-solution | structured | mnist | sudoku-gen | ablation | "
+                                     "scaling"),
+          runs_dir: Path = typer.Option(Path("runs"), "--runs-dir"),
+          fmt: str = typer.Option("markdown", "--format", help="markdown | latex | csv"),
+          profile: Optional[str] = typer.Option(None, "--profile", help="Only runs of this profile (default: "
+                                                "the profile with the most seeds per cell)."),
+          select: str = typer.Option("vote", "--select", help="Selection rule for accuracy: first | vote | lprm | "
+                                     "halt"),
+          dataset: Optional[str] = typer.Option(None, "--dataset", help="ablation / scaling: the dataset, e.g. "
+                                                "nqueens-8 or sudoku-extreme."),
+          out: Optional[Path] = typer.Option(None, "-o", "--out", help="Write to this file instead of stdout.")):
+    """Render a paper-style table from run records, with CIs and the paper's numbers."""
+    from gram_bench.leaderboards.tables import FORMATS, build_table
+    from gram_bench.metrics import SELECTIONS
+
+    if fmt not in FORMATS:
+        raise UsageError(f"Unknown format '{fmt}'; choose one of {', '.join(FORMATS)}.")
+    if select not in SELECTIONS:
+        raise UsageError(f"--select must be one of {', '.join(SELECTIONS)}, got '{select}'.")
+    kw = {"profile": profile, "select": select}
+    if dataset and name in ("ablation", "scaling"):
+        kw["dataset"] = dataset
+    elif dataset:
+        raise UsageError(f"--dataset applies to the ablation and scaling tables, not '{name}'.")
+    _write_or_print(build_table(name, _load(runs_dir), **kw).render(fmt), out)
+
+
+leaderboard_app = typer.Typer(no_args_is_help=True, help="Export a ranked leaderboard.")
+app.add_typer(leaderboard_app, name="leaderboard")
+
+
+@leaderboard_app.command("export")
+@handle_errors
+def leaderboard_export(runs_dir: Path = typer.Option(Path("runs"), "--runs-dir"),
+                       fmt: str = typer.Option("markdown", "--format", help="markdown | csv"),
+                       out: Optional[Path] = typer.Option(None, "-o", "--out", help="e.g. LEADERBOARD.md")):
+    """Rank models per dataset and metric, with params, N, steps, FLOPs/answer, hardware, links."""
+    from gram_bench.leaderboards.export import export
+
+    _write_or_print(export(_load(runs_dir), fmt, out), out)
+
+
+@app.command()
+@handle_errors
+def ablation(task: str = typer.Option("nqueens", "--task"),
+             profile: str = typer.Option("cpu", "--profile"),
+             seeds: Optional[str] = typer.Option(None, "--seeds", help="Comma-separated seeds, e.g. 0,1,2."),
+             only: Optional[str] = typer.Option(None, "--only", help="Comma-separated variant keys (default: all)."),
+             dry_run: bool = typer.Option(False, "--dry-run", help="List the grid and what would run."),
+             device: str = typer.Option("auto", "--device"),
+             runs_dir: Path = typer.Option(Path("runs"), "--runs-dir"),
+             data_dir: Optional[Path] = typer.Option(None, "--data-dir"),
+             out: Optional[Path] = typer.Option(None, "-o", "--out", help="Table file (default: "
+                                                "<runs-dir>/tables/ablation-<dataset>-<profile>.md).")):
+    """Run the missing runs of the ablation grid (reusing finished ones), then write its table."""
+    from gram_bench.harness.ablation import run_ablation
+    from gram_bench.harness.config import resolve
+    from gram_bench.harness.variants import VARIANTS
+    from gram_bench.leaderboards.tables import build_table
+    from gram_bench.tasks import TASKS
+
+    keys = [v.key for v in VARIANTS]
+    chosen = [k.strip() for k in only.split(",") if k.strip()] if only else None
+    bad = [k for k in chosen or [] if k not in keys]
+    if bad:
+        raise UsageError(f"Unknown ablation variant(s) {', '.join(bad)}; choose from {', '.join(keys)}.")
+    data_root = default_data_dir(data_dir)
+    run_ablation(task, profile, parse_seeds(seeds), runs_dir, data_root, device, console, chosen, dry_run)
+    if dry_run:
+        return
+    cfg = resolve(task, "gram", profile)
+    dataset = TASKS.get(task)(cfg.task, data_root).dir_name()
+    text = build_table("ablation", _load(runs_dir), profile=profile, dataset=dataset).render("markdown")
+    _write_or_print(text, out or runs_dir / "tables" / f"ablation-{dataset}-{profile}.md")
+
+
+@app.command()
+@handle_errors
+def plot(kind: str = typer.Argument(..., help="scaling | solutions | coverage | curves"),
+         run_dirs: List[Path] = typer.Argument(..., help="One or more run directories."),
+         out: Path = typer.Option(Path("plot.png"), "-o", "--out", help="Writes this PNG and an SVG beside it."),
+         select: str = typer.Option("vote", "--select")):
+    """Plot width x depth scaling, accuracy vs solutions, coverage vs N, or training curves."""
+    from gram_bench.leaderboards.plots import plot as draw
+
+    for p in draw(kind, run_dirs, out, select):
+        console.print(f"wrote {escape(str(p))}")
 
 
 def main() -> None:

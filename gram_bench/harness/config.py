@@ -68,6 +68,9 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     seed: int = 0
     profile: str = "cpu"
+    # the `--set` overrides this config was resolved with (recorded, not hashed): tables use
+    # them to tell a profile's own runs from variants
+    overrides: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return {
@@ -77,16 +80,37 @@ class RunConfig:
             "eval": dataclasses.asdict(self.eval),
             "seed": self.seed,
             "profile": self.profile,
+            "overrides": dict(self.overrides),
         }
 
     def fingerprint(self) -> str:
-        """Hash of everything that changes training (not eval settings)."""
-        d = self.to_dict()
-        d.pop("eval")
-        for k in ("log_every", "eval_every", "eval_examples", "eval_samples", "checkpoint_every",
-                  "threads", "max_minutes"):
-            d["train"].pop(k, None)
+        """Hash of everything that changes training (not eval or logging settings). Only
+        fields that differ from their dataclass defaults enter the hash, so adding a new
+        knob (with a default) never renames existing runs."""
+        d = {
+            "task": {"name": self.task_name, **non_default(self.task)},
+            "model": {"name": self.model_name, **non_default(self.model)},
+            "train": {k: v for k, v in non_default(self.train).items() if k not in TRAIN_LOGGING},
+            "seed": self.seed,
+            "profile": self.profile,
+        }
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:8]
+
+
+TRAIN_LOGGING = ("log_every", "eval_every", "eval_examples", "eval_samples", "checkpoint_every", "threads",
+                 "max_minutes")
+
+
+def non_default(obj: Any) -> dict:
+    """The fields of a dataclass instance whose values differ from their defaults."""
+    out = {}
+    for f in dataclasses.fields(obj):
+        default = f.default if f.default is not dataclasses.MISSING else (
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else dataclasses.MISSING)
+        value = getattr(obj, f.name)
+        if value != default:
+            out[f.name] = value
+    return out
 
 
 # ----------------------------------------------------------------------------- typing helpers
@@ -236,7 +260,8 @@ def resolve(task_name: str, model_name: str, profile: str = "cpu", sets: dict | 
     if seed is not None:
         top["seed"] = seed
     seed_v = coerce(top["seed"], int, "seed")
-    cfg = RunConfig(task_name, model_name, task_cfg, model_cfg, train_cfg, eval_cfg, seed_v, profile)
+    overrides = {k: v for k, v in sets.items() if k != "seed"}
+    cfg = RunConfig(task_name, model_name, task_cfg, model_cfg, train_cfg, eval_cfg, seed_v, profile, overrides)
     validate(cfg)
     return cfg
 
@@ -286,7 +311,7 @@ def config_from_dict(d: dict) -> RunConfig:
     return RunConfig(tname, mname, task_cfg, model_cfg,
                      build_dataclass(TrainConfig, d["train"], "train."),
                      build_dataclass(EvalConfig, d["eval"], "eval."),
-                     int(d["seed"]), d["profile"])
+                     int(d["seed"]), d["profile"], dict(d.get("overrides") or {}))
 
 
 def save_config(cfg: RunConfig, path: Path) -> None:

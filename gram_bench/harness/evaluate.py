@@ -37,6 +37,7 @@ def evaluate(model, task, *, samples: int, steps: int, split: str = "test", limi
     t0 = time.perf_counter()
     forks = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=forks):
+        flops = flops_per_answer(model, es.inputs[:1].to(device), es.puzzle_ids[:1].to(device), steps)
         torch.manual_seed(seed)
         for start in range(0, len(es), per_chunk):
             sl = slice(start, start + per_chunk)
@@ -64,16 +65,28 @@ def evaluate(model, task, *, samples: int, steps: int, split: str = "test", limi
         "ci_method": CI_METHOD,
         "seconds": round(elapsed, 3),
         "answers_per_second": round(len(records) * samples / max(elapsed, 1e-9), 2),
+        "flops_per_answer": flops,
         "metrics": summarize(records, seed=0),
     }
     return records, summary
 
 
-def eval_name(split: str, samples: int, steps: int, limit: int = 0, own: bool = False) -> str:
-    """`test` for the run's own final eval; `test-n{N}-s{steps}[-l{limit}]` for later evals."""
+def flops_per_answer(model, x: torch.Tensor, puzzle_ids: torch.Tensor, steps: int) -> int:
+    """Floating-point operations to sample one answer for one input (matmuls and attention,
+    counted by torch.utils.flop_counter on a single forward)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        model.sample(x, puzzle_ids, 1, steps)
+    return int(counter.get_total_flops())
+
+
+def eval_name(split: str, samples: int, steps: int, limit: int = 0, own: bool = False, tag: str = "") -> str:
+    """`test` for the run's own final eval; `test-n{N}-s{steps}[-l{limit}][+{tag}]` for later
+    evals (the tag names inference-only overrides, e.g. `+decode=sample`)."""
     if own:
         return split
-    return f"{split}-n{samples}-s{steps}" + (f"-l{limit}" if limit else "")
+    return f"{split}-n{samples}-s{steps}" + (f"-l{limit}" if limit else "") + (f"+{tag}" if tag else "")
 
 
 def write_eval(run_dir: Path, name: str, records: list[dict], summary: dict, selection: str = "vote") -> Path:

@@ -14,7 +14,7 @@ import gram_bench
 from gram_bench.harness.config import RunConfig
 from gram_bench.harness.io import atomic_write_json, atomic_write_text
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: records carry answer_ids; summaries carry flops_per_answer
 
 
 def run_id(cfg: RunConfig) -> str:

@@ -159,6 +159,7 @@ def run(cfg: RunConfig, runs_dir: Path = Path("runs"), data_root: Path = Path("d
     save_config(cfg, rdir / "config.yaml")
     env = env_record(device, bf16)
     env["params"] = model.num_params()
+    env["dataset"] = task.dir_name()
     old_env = rdir / "env.json"
     if resume and old_env.exists():  # keep the first start time; list every resume
         try:
@@ -358,3 +359,58 @@ def print_summary(console: Console, summary: dict, title: str = "") -> None:
     console.print(f"{summary['n_examples']} inputs x {summary['samples']} samples, {summary['steps']} steps, "
                   f"{summary['answers_per_second']} answers/s; CI: {summary['ci_method']}")
 
+
+def evaluate_run(run_dir: Path, widths: list[int], depths: list[int], *, select: str = "vote",
+                 limit: int | None = None, sets: dict | None = None, device_name: str = "auto",
+                 data_root: Path = Path("data"), console: Console | None = None, skip_existing: bool = False
+                 ) -> list[Path]:
+    """Evaluate a trained run at every (width, depth) pair into eval/test-n<N>-s<steps>[...].json.
+
+    `sets` may change inference-only model fields (e.g. model.decode=sample); the file name
+    then ends in `+decode=sample`. With `skip_existing`, files already written are kept."""
+    import dataclasses
+
+    from gram_bench.harness.config import build_dataclass, load_config
+
+    console = console or Console()
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").exists():
+        raise UsageError(f"{run_dir} is not a run directory (no config.yaml); pass runs/<task>/<model>/<run-id>.")
+    if not (run_dir / "checkpoint.pt").exists():
+        raise UsageError(f"{run_dir} has no checkpoint.pt; train it first with gram-bench run ... --resume.")
+    cfg = load_config(run_dir / "config.yaml")
+    sets = dict(sets or {})
+    if sets:
+        allowed = getattr(MODELS.get(cfg.model_name).Config, "inference_fields", ())
+        bad = [k for k in sets if not (k.startswith("model.") and k[6:] in allowed)]
+        if bad:
+            fields = ", ".join("model." + f for f in allowed) or "none for this model"
+            raise UsageError(f"eval --set only takes inference-only model fields ({fields}), got "
+                             f"{', '.join(bad)}; other settings need a new run.")
+        model_cfg = build_dataclass(type(cfg.model), {**dataclasses.asdict(cfg.model),
+                                                      **{k[6:]: v for k, v in sets.items()}}, "model.")
+        try:
+            model_cfg.check()
+        except ValueError as e:
+            raise UsageError(f"{e} (a model setting).") from None
+        cfg = dataclasses.replace(cfg, model=model_cfg)
+    tag = "+".join(f"{k[6:]}={v}" for k, v in sorted(sets.items()))
+    own_limit = cfg.eval.limit
+    if limit is not None:
+        cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, limit=limit))
+    device = pick_device(device_name)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    task, model = build(cfg, data_root, device)
+    task.verify_files()
+    out = []
+    for n in widths or [cfg.eval.samples]:
+        for d in depths or [cfg.eval.steps or model.default_steps]:
+            name = eval_name(cfg.eval.split, n, d, limit=cfg.eval.limit if cfg.eval.limit != own_limit else 0,
+                             tag=tag)
+            path = run_dir / "eval" / f"{name}.json"
+            if not (skip_existing and path.exists()):
+                final_eval(cfg, task, model, run_dir, device, use_bf16(cfg.train.precision, device), console,
+                           samples=n, steps=d, selection=select, name=name)
+            out.append(path)
+    return out

@@ -1,4 +1,12 @@
-"""Load a runs directory into one DataFrame: a row per run x eval file x metric."""
+"""Load a runs directory into one DataFrame: a row per run x eval file x metric.
+
+Reads run records only (config.yaml, env.json, status, train.jsonl, eval/*.json), never
+models. Usable from Python:
+
+    from gram_bench.leaderboards import load_runs
+    df = load_runs("runs")
+    df[(df.metric == "coverage") & (df["eval"] == "test")]
+"""
 
 from __future__ import annotations
 
@@ -8,40 +16,105 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-COLUMNS = ["task", "model", "run_id", "profile", "seed", "status", "eval", "split", "samples", "steps",
-           "selection", "params", "device", "metric", "value", "ci_low", "ci_high", "n"]
+from gram_bench.harness.config import TRAIN_LOGGING
+
+try:  # libyaml is ~10x faster; PyYAML wheels ship it
+    from yaml import CSafeLoader as _Loader
+except ImportError:  # pragma: no cover
+    from yaml import SafeLoader as _Loader  # type: ignore[assignment]
+
+COLUMNS = ["task", "dataset", "model", "run_id", "run_dir", "profile", "seed", "status", "eval", "split",
+           "samples", "steps", "selection", "tag", "params", "train_steps", "train_seconds", "eval_seconds",
+           "flops_per_answer", "device", "hardware", "metric", "value", "ci_low", "ci_high", "n", "model_cfg",
+           "overrides"]
+
+# the field spelled out in a dataset's name (as `Task.name_fields`), for runs whose env.json
+# predates the `dataset` entry
+_NAME_FIELDS = {"nqueens": "n", "graph-coloring": "nodes"}
+
+
+def dataset_label(task_cfg: dict, env: dict) -> str:
+    if env.get("dataset"):
+        return env["dataset"]
+    name = task_cfg.get("name", "?")
+    f = _NAME_FIELDS.get(name)
+    return f"{name}-{task_cfg[f]}" if f and f in task_cfg else name
+
+
+def training_overrides(overrides: dict) -> dict:
+    """The `--set` overrides that change training: model.* and train.* except logging keys
+    (task.* choose the dataset, which has its own column; eval.* do not change training)."""
+    return {k: v for k, v in overrides.items()
+            if k.startswith("model.") or (k.startswith("train.") and k[6:] not in TRAIN_LOGGING)}
+
+
+def _train_progress(rdir: Path) -> tuple[int | None, float | None]:
+    """(last logged step, training seconds) from the tail of train.jsonl."""
+    p = rdir / "train.jsonl"
+    if not p.exists():
+        return None, None
+    with open(p, "rb") as f:
+        f.seek(0, 2)
+        f.seek(max(0, f.tell() - 4096))
+        lines = f.read().decode("utf-8", "replace").splitlines()
+    for line in reversed(lines):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a torn last line of a run that is still writing
+        if "elapsed_s" in row:
+            return int(row["step"]), float(row["elapsed_s"])
+    return None, None
+
+
+def _eval_tag(stem: str) -> str:
+    return stem.split("+", 1)[1] if "+" in stem else ""
 
 
 def load_runs(runs_dir: str | Path = "runs", include_unfinished: bool = False) -> pd.DataFrame:
     """Every metric of every eval file under `runs_dir/<task>/<model>/<run-id>/eval/*.json`.
 
     Runs whose status is not `finished` are skipped unless `include_unfinished`; their
-    `status` column says what they are."""
+    `status` column says what they are. Unreadable files (a run being written, a torn
+    file) skip that file, never the whole load."""
     rows = []
     for cfg_path in sorted(Path(runs_dir).glob("*/*/*/config.yaml")):
         rdir = cfg_path.parent
         status_p = rdir / "status"
-        status = status_p.read_text().strip() if status_p.exists() else "unknown"
+        try:
+            status = status_p.read_text().strip() if status_p.exists() else "unknown"
+        except OSError:
+            status = "unknown"
         if status != "finished" and not include_unfinished:
             continue
         try:
-            cfg = yaml.safe_load(cfg_path.read_text())
+            cfg = yaml.load(cfg_path.read_text(), Loader=_Loader)
             env = json.loads((rdir / "env.json").read_text()) if (rdir / "env.json").exists() else {}
-        except (yaml.YAMLError, json.JSONDecodeError):
+        except (yaml.YAMLError, json.JSONDecodeError, OSError):
             continue
+        if not isinstance(cfg, dict) or "task" not in cfg or "model" not in cfg:
+            continue
+        train_steps, train_seconds = _train_progress(rdir)
+        model_cfg = json.dumps({k: v for k, v in cfg["model"].items() if k != "name"}, sort_keys=True)
+        overrides = json.dumps(training_overrides(cfg.get("overrides") or {}), sort_keys=True)
+        base = {
+            "task": cfg["task"]["name"], "dataset": dataset_label(cfg["task"], env), "model": cfg["model"]["name"],
+            "run_id": rdir.name, "run_dir": str(rdir), "profile": cfg.get("profile"), "seed": cfg.get("seed"),
+            "status": status, "train_steps": train_steps, "train_seconds": train_seconds,
+            "device": env.get("device"), "hardware": env.get("device_name"), "model_cfg": model_cfg,
+            "overrides": overrides,
+        }
         for ev in sorted((rdir / "eval").glob("*.json")):
             try:
                 s = json.loads(ev.read_text())
-            except json.JSONDecodeError:
+            except (json.JSONDecodeError, OSError):
                 continue
+            head = {**base, "eval": ev.stem, "split": s.get("split"), "samples": s.get("samples"),
+                    "steps": s.get("steps"), "selection": s.get("selection"), "tag": _eval_tag(ev.stem),
+                    "params": s.get("model_params", env.get("params")), "eval_seconds": s.get("seconds"),
+                    "flops_per_answer": s.get("flops_per_answer")}
             for metric, m in s.get("metrics", {}).items():
-                rows.append({
-                    "task": cfg["task"]["name"], "model": cfg["model"]["name"], "run_id": rdir.name,
-                    "profile": cfg.get("profile"), "seed": cfg.get("seed"), "status": status,
-                    "eval": ev.stem, "split": s.get("split"), "samples": s.get("samples"),
-                    "steps": s.get("steps"), "selection": s.get("selection"),
-                    "params": s.get("model_params", env.get("params")), "device": env.get("device_name"),
-                    "metric": metric, "value": m["value"], "ci_low": m["ci_low"], "ci_high": m["ci_high"],
-                    "n": m["n"],
-                })
+                rows.append({**head, "metric": metric, "value": m["value"], "ci_low": m["ci_low"],
+                             "ci_high": m["ci_high"], "n": m["n"]})
     return pd.DataFrame(rows, columns=COLUMNS)
+

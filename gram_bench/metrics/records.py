@@ -28,6 +28,14 @@ def select(keys: list[bytes], scores: dict[str, np.ndarray]) -> dict[str, int]:
     return out
 
 
+def answer_ids(keys: list[bytes]) -> list[int]:
+    """Each sample's answer as a small id: 0 for the first distinct answer, 1 for the next...
+    Equal ids = the same solution (up to the task's canonical form). With `valid` and the
+    scores, this is enough to recompute votes and coverage for any prefix of the N samples."""
+    ids: dict[bytes, int] = {}
+    return [ids.setdefault(k, len(ids)) for k in keys]
+
+
 def example_records(ids: np.ndarray, n_solutions: np.ndarray, keys: list[list[bytes]],
                     fields: dict[str, np.ndarray], exact: np.ndarray,
                     scores: dict[str, np.ndarray], preds: np.ndarray) -> list[dict]:
@@ -44,6 +52,7 @@ def example_records(ids: np.ndarray, n_solutions: np.ndarray, keys: list[list[by
             "exact": exact[i].astype(int).tolist(),
             "distinct_valid": len({k for k, v in zip(keys[i], valid) if v}),
             "distinct": len(set(keys[i])),
+            "answer_ids": answer_ids(keys[i]),
             "selected": sel,
             "scores": {k: np.round(v.astype(float), 5).tolist() for k, v in sc.items()},
             "answer": "".join(map(str, preds[i, sel["vote"]].tolist())) if preds.max() < 10
@@ -53,4 +62,26 @@ def example_records(ids: np.ndarray, n_solutions: np.ndarray, keys: list[list[by
             if name != "valid":
                 rec[name] = arr[i].astype(int).tolist()
         out.append(rec)
+    return out
+
+
+def truncate(record: dict, n: int) -> dict:
+    """The record an eval with only the first `n` samples would have written (votes, coverage
+    and per-sample fields recomputed). Needs `answer_ids` (records from schema 2 on)."""
+    if "answer_ids" not in record:
+        raise ValueError("this record has no answer_ids (written before schema 2); evaluate again")
+    N = len(record["valid"])
+    if n >= N:
+        return record
+    ids = record["answer_ids"][:n]
+    valid = record["valid"][:n]
+    scores = {k: v[:n] for k, v in record["scores"].items()}
+    out = dict(record)
+    for k, v in record.items():
+        if isinstance(v, list) and len(v) == N and k != "answer":
+            out[k] = v[:n]
+    out["scores"] = scores
+    out["selected"] = select(ids, {k: np.asarray(v) for k, v in scores.items()})
+    out["distinct_valid"] = len({a for a, ok in zip(ids, valid) if ok})
+    out["distinct"] = len(set(ids))
     return out

@@ -186,28 +186,63 @@ class RecursiveModel(Model):
         pid = puzzle_ids.repeat_interleave(n_samples, 0)
         e_x = self.embed_inputs(x, pid)
         state = self.init_state(x.shape[0], x.device)
+        if self.cfg.init == "random":  # ablation: a fresh random z0 per trajectory
+            state = tuple(torch.randn(s.shape[0], 1, s.shape[2], device=s.device, dtype=s.dtype).expand_as(s)
+                          for s in state)
         for _ in range(steps or self.cfg.n_sup):
             state, _ = self.segment(state, e_x, None)
         logits, q, value = self.heads(self.readout(state))
-        preds = logits.argmax(-1).view(B, n_samples, -1)
+        if self.cfg.decode == "sample":  # ablation: sample each answer token from the decoder
+            preds = torch.distributions.Categorical(logits=logits).sample().view(B, n_samples, -1)
+        else:
+            preds = logits.argmax(-1).view(B, n_samples, -1)
         return SampleOutput(preds, {"halt": torch.sigmoid(q[:, 0]).view(B, n_samples),
                                     "lprm": value.view(B, n_samples)})
 
 
-def check_recursive(cfg: Any, positive: tuple[str, ...]) -> None:
-    """Checks shared by the recursive models' configs; raises ValueError naming the field."""
-    if cfg.hidden % cfg.heads:
-        raise ValueError("hidden must be divisible by heads")
-    low = [f for f in positive if getattr(cfg, f) < 1]
-    if low:
-        raise ValueError(f"{', '.join(low)} must be at least 1")
-    if cfg.prefix < 1:
-        raise ValueError("prefix must be at least 1 (the heads read position 0)")
-    for name, choices in (("ce_reduce", ("sum", "mean")), ("halting", ("bce", "q_learning"))):
-        if getattr(cfg, name) not in choices:
-            raise ValueError(f"{name} must be one of {', '.join(choices)}, got '{getattr(cfg, name)}'")
-    if not 0 <= cfg.halt_exploration <= 1:
-        raise ValueError("halt_exploration must be in [0, 1]")
+@dataclass(frozen=True)
+class RecursiveConfig:
+    """Fields shared by every recursive model; each model's Config subclasses it, adds its own
+    fields and may change defaults."""
+
+    hidden: int = 512
+    heads: int = 8
+    ffn_hidden: int = 1536
+    n_sup: int = 16  # supervision steps
+    prefix: int = 16  # puzzle-embedding tokens; the heads read position 0
+    rope_theta: float = 10000.0
+    ce_reduce: str = "mean"  # per-example CE: mean over answer tokens (TRM) | sum
+    act: bool = True  # ACT halting in training
+    halting: str = "bce"  # bce (TRM: q_halt > 0) | q_learning (HRM: q_halt > q_continue)
+    halt_exploration: float = 0.1
+    halt_loss_weight: float = 0.5
+    value_loss_weight: float = 0.5  # LPRM value head
+    detach_heads: bool = False  # keep the Q/value losses out of the core
+    decode: str = "argmax"  # answer tokens at inference: argmax | sample (a stochastic decoder, ablation)
+    init: str = "fixed"  # initial state at inference: fixed z0 | random (a fresh N(0, I) z0 per sample, ablation)
+
+    positive: ClassVar[tuple[str, ...]] = ("n_sup",)  # fields that must be >= 1
+    inference_fields: ClassVar[tuple[str, ...]] = ("decode", "init")  # `gram-bench eval --set` may change these
+
+    def check(self) -> None:
+        if self.hidden % self.heads:
+            raise ValueError("hidden must be divisible by heads")
+        low = [f for f in ("hidden", "heads", "ffn_hidden") + self.positive if getattr(self, f) < 1]
+        if low:
+            raise ValueError(f"{', '.join(low)} must be at least 1")
+        if self.prefix < 1:
+            raise ValueError("prefix must be at least 1 (the heads read position 0)")
+        check_choices(self, ce_reduce=("sum", "mean"), halting=("bce", "q_learning"),
+                      decode=("argmax", "sample"), init=("fixed", "random"))
+        if not 0 <= self.halt_exploration <= 1:
+            raise ValueError("halt_exploration must be in [0, 1]")
+
+
+def check_choices(cfg: Any, **choices: tuple[str, ...]) -> None:
+    """Raise ValueError naming the first field whose value is not one of its choices."""
+    for name, allowed in choices.items():
+        if getattr(cfg, name) not in allowed:
+            raise ValueError(f"{name} must be one of {', '.join(allowed)}, got '{getattr(cfg, name)}'")
 
 
 def init_z0(dim: int) -> torch.Tensor:

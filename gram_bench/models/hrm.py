@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from gram_bench.models import MODELS
-from gram_bench.models.base import RecursiveModel, check_recursive, init_z0
+from gram_bench.models.base import RecursiveConfig, RecursiveModel, init_z0
 from gram_bench.models.layers import Stack
 
 
@@ -26,27 +26,16 @@ class HRM(RecursiveModel):
     stochastic = False
 
     @dataclass(frozen=True)
-    class Config:
-        hidden: int = 512
-        heads: int = 8
+    class Config(RecursiveConfig):
         ffn_hidden: int = 1536  # SwiGLU expansion 4 at D=512, as TRM
         h_layers: int = 4
         l_layers: int = 4
         H_cycles: int = 2
         L_cycles: int = 2
-        n_sup: int = 16
-        prefix: int = 16
-        rope_theta: float = 10000.0
-        ce_reduce: str = "mean"
-        act: bool = True
         halting: str = "q_learning"  # HRM's Q-learning halting; bce = TRM-style
-        halt_exploration: float = 0.1
-        halt_loss_weight: float = 0.5
-        value_loss_weight: float = 0.5
         detach_heads: bool = False  # HRM's Q head reads z_H[:, 0] with gradient
 
-        def check(self) -> None:
-            check_recursive(self, ("h_layers", "l_layers", "H_cycles", "L_cycles", "n_sup"))
+        positive = ("h_layers", "l_layers", "H_cycles", "L_cycles", "n_sup")
 
     def __init__(self, cfg: "HRM.Config", layout):
         super().__init__(cfg, layout)

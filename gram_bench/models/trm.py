@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from gram_bench.models import MODELS
-from gram_bench.models.base import RecursiveModel, check_recursive, init_z0
+from gram_bench.models.base import RecursiveConfig, RecursiveModel, init_z0
 from gram_bench.models.layers import Stack
 
 
@@ -22,26 +22,14 @@ class TRM(RecursiveModel):
     stochastic = False
 
     @dataclass(frozen=True)
-    class Config:
-        hidden: int = 512
-        heads: int = 8
+    class Config(RecursiveConfig):
         ffn_hidden: int = 1536  # SwiGLU expansion 4 -> 1536 at D=512
         layers: int = 2
         n: int = 4  # inner latent updates per cycle (6 for Sudoku)
         T: int = 3  # cycles per supervision step
-        n_sup: int = 16
-        prefix: int = 16
-        rope_theta: float = 10000.0
-        ce_reduce: str = "mean"
-        act: bool = True
-        halting: str = "bce"  # bce (TRM: q_halt > 0) | q_learning (HRM: q_halt > q_continue)
-        halt_exploration: float = 0.1
-        halt_loss_weight: float = 0.5
-        value_loss_weight: float = 0.5
         detach_heads: bool = False  # TRM's Q head is trained through the core
 
-        def check(self) -> None:
-            check_recursive(self, ("n", "T", "n_sup", "layers"))
+        positive = ("n", "T", "n_sup", "layers")
 
     def __init__(self, cfg: "TRM.Config", layout):
         super().__init__(cfg, layout)

@@ -1,0 +1,383 @@
+"""Paper-style tables from run records, with our CIs and the paper's numbers beside them.
+
+A table is rows (a model, optionally an ablation variant or an evaluation depth) by columns
+(a dataset and a metric). Each cell is computed from the matching runs' eval files:
+- one seed: the run's value with its 95% percentile-bootstrap CI over test inputs;
+- several seeds: the mean over seeds with a 95% Student-t interval;
+- none: the cell says "no run".
+When runs of several profiles match, the cell uses the profile with the most seeds (ties:
+paper, then cpu, then smoke), or the one asked for with `profile=`. Every table ends with
+notes naming the profile and number of seeds behind each cell.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from gram_bench.harness.errors import UsageError
+from gram_bench.harness.variants import ABLATION_METRIC, ABLATION_SAMPLES, VARIANTS
+from gram_bench.leaderboards import paper
+from gram_bench.metrics.records import truncate
+from gram_bench.metrics.stats import CI_METHOD, seed_interval
+from gram_bench.metrics.summary import summarize
+
+PROFILE_ORDER = ("paper", "cpu", "smoke")
+FORMATS = ("markdown", "latex", "csv")
+
+
+@dataclass(frozen=True)
+class Col:
+    key: str
+    label: str
+    dataset: str
+    metric: str
+    pct: bool = True  # show x100
+
+
+@dataclass(frozen=True)
+class Row:
+    key: str
+    label: str
+    model: str
+    match: dict = field(default_factory=dict)  # the run's model.* overrides, exactly (ANY = any value)
+    tag: str = ""  # inference-only eval overrides (eval file suffix)
+    steps: int | None = None  # evaluation depth (None = the run's own eval)
+    truncate_to: int | None = None  # recompute metrics from the first N samples of each record
+
+
+@dataclass
+class Cell:
+    value: float | None = None
+    low: float | None = None
+    high: float | None = None
+    seeds: int = 0
+    profile: str | None = None
+    runs: list = field(default_factory=list)
+    paper: object = None
+
+
+@dataclass
+class Table:
+    name: str
+    title: str
+    rows: list[Row]
+    cols: list[Col]
+    cells: dict  # (row key, col key) -> Cell
+    notes: list[str]
+
+    # ---- rendering
+    def _fmt(self, col: Col, x: float) -> str:
+        return f"{100 * x:.1f}" if col.pct else (f"{x:.0f}" if abs(x) >= 100 else f"{x:.2f}")
+
+    def _paper(self, p) -> str:
+        if p is None:
+            return ""
+        if isinstance(p, tuple):
+            return f"{p[0]:g} ± {p[1]:g}"
+        return p if isinstance(p, str) else f"{p:g}"
+
+    def cell_text(self, r: Row, c: Col) -> str:
+        cell = self.cells[(r.key, c.key)]
+        ours = "no run" if cell.value is None else \
+            f"{self._fmt(c, cell.value)} [{self._fmt(c, cell.low)}, {self._fmt(c, cell.high)}]"
+        p = self._paper(cell.paper)
+        return f"{ours} (paper {p})" if p else ours
+
+    def to_frame(self) -> pd.DataFrame:
+        out = []
+        for r in self.rows:
+            for c in self.cols:
+                cell = self.cells[(r.key, c.key)]
+                p = cell.paper[0] if isinstance(cell.paper, tuple) else cell.paper
+                scale = 100 if c.pct else 1
+                out.append({"table": self.name, "row": r.label, "column": c.label, "dataset": c.dataset,
+                            "metric": c.metric,
+                            "value": None if cell.value is None else scale * cell.value,
+                            "ci_low": None if cell.low is None else scale * cell.low,
+                            "ci_high": None if cell.high is None else scale * cell.high,
+                            "seeds": cell.seeds, "profile": cell.profile, "paper": p,
+                            "runs": ";".join(cell.runs)})
+        return pd.DataFrame(out)
+
+    def render(self, fmt: str = "markdown") -> str:
+        if fmt not in FORMATS:
+            raise UsageError(f"Unknown format '{fmt}'; choose one of {', '.join(FORMATS)}.")
+        if fmt == "csv":
+            buf = io.StringIO()
+            self.to_frame().to_csv(buf, index=False)
+            return buf.getvalue()
+        header = ["model"] + [c.label for c in self.cols]
+        body = [[r.label] + [self.cell_text(r, c) for c in self.cols] for r in self.rows]
+        if fmt == "markdown":
+            lines = [f"### {self.title}", "", "| " + " | ".join(header) + " |",
+                     "|" + "---|" * len(header)]
+            lines += ["| " + " | ".join(row) + " |" for row in body]
+            lines += [""] + [f"- {n}" for n in self.notes]
+            return "\n".join(lines) + "\n"
+        esc = _latex_escape
+        lines = [r"\begin{table}[t]", r"\centering", r"\small",
+                 r"\begin{tabular}{l" + "c" * len(self.cols) + "}", r"\toprule",
+                 " & ".join(esc(h) for h in header) + r" \\", r"\midrule"]
+        lines += [" & ".join(esc(x) for x in row) + r" \\" for row in body]
+        lines += [r"\bottomrule", r"\end{tabular}", rf"\caption{{{esc(self.title)}. " +
+                  esc(" ".join(self.notes)) + "}", r"\end{table}"]
+        return "\n".join(lines) + "\n"
+
+
+def _latex_escape(s: str) -> str:
+    for a, b in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"), ("#", r"\#"),
+                 ("±", r"$\pm$"), ("~", r"$\sim$"), ("^", r"\^{}"), ("[", "{[}"), ("]", "{]}")):
+        s = s.replace(a, b)
+    return s
+
+
+# ----------------------------------------------------------------------------- cell computation
+
+
+ANY = "*"  # a match value meaning: set, to any value
+
+
+def _matches(overrides: str, row: Row) -> bool:
+    """A run belongs to a row when its training overrides are exactly the row's: none for a
+    profile's own runs, the variant's `--set`s for an ablation variant."""
+    got = json.loads(overrides)
+    want = {f"model.{k}": v for k, v in row.match.items()}
+    return set(got) == set(want) and all(v == ANY or got[k] == v for k, v in want.items())
+
+
+def _eval_name(row: Row, runs: pd.DataFrame) -> pd.DataFrame:
+    """The eval files of `runs` that a row reads."""
+    if row.tag:
+        return runs[runs["tag"] == row.tag]
+    if row.steps is not None:
+        own = runs[(runs["eval"] == "test") & (runs["steps"] == row.steps)]
+        other = runs[(runs["tag"] == "") & (runs["steps"] == row.steps) & (runs["eval"] != "test")
+                     & ~runs["eval"].str.contains("-l", regex=False)]
+        return pd.concat([own, other])
+    return runs[runs["eval"] == "test"]
+
+
+def _records_metric(run_dir: str, eval_stem: str, metric: str, n: int) -> tuple[float, float, float] | None:
+    p = Path(run_dir) / "eval" / f"{eval_stem}.examples.jsonl.gz"
+    try:
+        with gzip.open(p, "rt") as f:
+            recs = [json.loads(line) for line in f]
+        recs = [truncate(r, n) for r in recs]
+    except (OSError, ValueError, EOFError):
+        return None
+    m = summarize(recs, slices=False).get(metric)
+    return None if m is None else (m["value"], m["ci_low"], m["ci_high"])
+
+
+def compute_cell(df: pd.DataFrame, row: Row, col: Col, profile: str | None) -> Cell:
+    sel = df[(df["dataset"] == col.dataset) & (df["model"] == row.model) & (df["metric"] == col.metric)]
+    if sel.empty:
+        return Cell()
+    sel = sel[sel["overrides"].map(lambda o: _matches(o, row)).astype(bool)]
+    sel = _eval_name(row, sel)
+    metric = col.metric
+    sel = sel[sel["metric"] == metric]
+    if profile:
+        sel = sel[sel["profile"] == profile]
+    if sel.empty:
+        return Cell()
+    if not profile:
+        seeds = sel.groupby("profile")["seed"].nunique()
+        order = {p: i for i, p in enumerate(PROFILE_ORDER)}
+        profile = sorted(seeds.index, key=lambda p: (-seeds[p], order.get(p, 99)))[0]
+        sel = sel[sel["profile"] == profile]
+    # one eval file per seed: the run's own, else the most samples
+    sel = sel.sort_values(["seed", "samples"], ascending=[True, False]).drop_duplicates("seed")
+    values = []
+    for _, r in sel.iterrows():
+        if row.truncate_to is not None and (r["samples"] or 0) > row.truncate_to:
+            v = _records_metric(r["run_dir"], r["eval"], metric, row.truncate_to)
+            if v is None:
+                continue
+            values.append(v)
+        else:
+            values.append((r["value"], r["ci_low"], r["ci_high"]))
+    if not values:
+        return Cell()
+    runs = list(sel["run_dir"])
+    if len(values) == 1:
+        v, lo, hi = values[0]
+        return Cell(v, lo, hi, 1, profile, runs)
+    si = seed_interval([v[0] for v in values])
+    return Cell(si["mean"], si["low"], si["high"], len(values), profile, runs)
+
+
+def _notes(cells: dict, rows: list[Row], cols: list[Col], extra: list[str]) -> list[str]:
+    by: dict[tuple[str, int], list[str]] = {}
+    for r in rows:
+        for c in cols:
+            cell = cells[(r.key, c.key)]
+            if cell.value is not None:
+                by.setdefault((cell.profile, cell.seeds), []).append(f"{r.label} / {c.label}")
+    notes = []
+    for (prof, k), where in sorted(by.items()):
+        what = f"{k} seed" + ("s (mean, 95% Student-t interval over seeds)" if k > 1
+                              else " (95% CI: " + CI_METHOD + ")")
+        notes.append(f"profile `{prof}`, {what}: " + ("every cell with a value" if len(by) == 1 else
+                                                    ", ".join(where)) + ".")
+    if not by:
+        notes.append("no runs found for this table yet.")
+    notes.append(f"paper: {paper.SOURCE}; its ± is the paper's spread over its own runs.")
+    return notes + extra
+
+
+# ----------------------------------------------------------------------------- table specs
+
+
+def _table(name: str, title: str, rows: list[Row], cols: list[Col], paper_of, df: pd.DataFrame,
+           profile: str | None, extra_notes: list[str] | None = None) -> Table:
+    cells = {}
+    for r in rows:
+        for c in cols:
+            cell = compute_cell(df, r, c, profile)
+            cell.paper = paper_of(r, c)
+            cells[(r.key, c.key)] = cell
+    return Table(name, title, rows, cols, cells, _notes(cells, rows, cols, extra_notes or []))
+
+
+LABELS = {"direct": "Direct Pred", "looped-tf": "Looped TF", "hrm": "HRM", "trm": "TRM", "ar": "AR",
+          "mdlm": "MDLM", "d3pm": "D3PM", "vae": "VAE", "gram": "GRAM"}
+
+
+def multi_solution(df: pd.DataFrame, profile: str | None = None, select: str = "vote") -> Table:
+    cols = []
+    for short, ds in (("nq8", "nqueens-8"), ("nq10", "nqueens-10")):
+        n = ds.split("-")[1]
+        cols += [Col(f"{short}_acc", f"NQ{n} Acc", ds, f"accuracy_{select}"), Col(f"{short}_cov", f"NQ{n} Cov", ds,
+                                                                                    "coverage")]
+    for short, ds in (("gc8", "graph-coloring-8"), ("gc10", "graph-coloring-10")):
+        n = ds.split("-")[2]
+        cols += [Col(f"{short}_conf", f"GC{n} Conflict", ds, "conflicts_total", pct=False),
+                 Col(f"{short}_cov", f"GC{n} Cov", ds, "coverage")]
+    models = ["direct", "looped-tf", "hrm", "trm", "ar", "mdlm", "gram"]
+    rows = [Row(m, LABELS[m], m) for m in models]
+    return _table("multi-solution", "Multi-solution CSPs (Table 1): accuracy, coverage@N, conflicts", rows, cols,
+                  lambda r, c: paper.MULTI_SOLUTION.get(r.model, {}).get(c.key), df, profile,
+                  [f"accuracy = the {select}-selected answer satisfies every constraint; coverage = distinct "
+                   "valid answers among N samples / all valid answers, averaged over test inputs; conflict = "
+                   "monochromatic edges of the selected answer summed over the test set."])
+
+
+def structured(df: pd.DataFrame, profile: str | None = None, select: str = "vote") -> Table:
+    cols = [Col("sudoku", "Sudoku-Extreme", "sudoku-extreme", f"exact_{select}"),
+            Col("arc1", "ARC-AGI-1", "arc-agi-1", "pass@2"), Col("arc2", "ARC-AGI-2", "arc-agi-2", "pass@2")]
+    rows = [Row(m, LABELS[m], m)
+            for m in ("hrm", "trm", "looped-tf", "direct", "gram")]
+    return _table("structured", "Structured reasoning: test accuracy", rows, cols,
+                  lambda r, c: paper.STRUCTURED.get(r.model, {}).get(c.key), df, profile)
+
+
+def mnist(df: pd.DataFrame, profile: str | None = None, select: str = "vote") -> Table:
+    cols = [Col("is", "IS (MNIST-net)", "mnist", "is_mnistnet", pct=False),
+            Col("fid", "FID (MNIST-net)", "mnist", "fid_mnistnet", pct=False)]
+    rows = [Row("vae", "VAE", "vae"), Row("d3pm", "D3PM", "d3pm"), Row("trm", "TRM (16 steps)", "trm")]
+    rows += [Row(f"gram@{d}", f"GRAM ({d} steps)", "gram", steps=d) for d in (8, 16, 32, 64, 128, 256)]
+
+    def paper_of(r, c):
+        p = paper.MNIST.get(r.key)
+        return None if p is None else p[0 if c.key == "is" else 1]
+
+    return _table("mnist", "Binarized MNIST generation", rows, cols, paper_of, df, profile,
+                  ["the paper's IS/FID use an unnamed feature network (values near IS 2 suggest Inception); "
+                   "ours use the harness's MNIST classifier, so only the ordering is comparable."])
+
+
+def sudoku_gen(df: pd.DataFrame, profile: str | None = None, select: str = "vote") -> Table:
+    cols = [Col("validity", "Validity", "sudoku-uncond", "validity"),
+            Col("uniqueness", "Uniqueness", "sudoku-uncond", "uniqueness")]
+    rows = []
+    for tr in ("uniform", "absorbing"):
+        rows.append(Row(f"d3pm-{tr}", f"D3PM-{tr}", "d3pm", match={"transition": tr}))
+    rows.append(Row("gram", "GRAM", "gram"))
+
+    def paper_of(r, c):
+        if c.key != "validity":
+            return None
+        if r.key == "gram":
+            return paper.SUDOKU_GEN["gram"]
+        big, small = paper.SUDOKU_GEN[f"{r.key}-big"], paper.SUDOKU_GEN[f"{r.key}-small"]
+        return f"{big:g} big / {small:g} small"
+
+    return _table("sudoku-gen", "Unconditional Sudoku generation", rows, cols, paper_of, df, profile)
+
+
+def ablation(df: pd.DataFrame, profile: str | None = None, select: str = "vote", dataset: str = "nqueens-8"
+             ) -> Table:
+    cols = [Col("sudoku", "Sudoku-Extreme", "sudoku-extreme", ABLATION_METRIC),
+            Col("nqueens" if dataset.startswith("nqueens") else "other", dataset, dataset, ABLATION_METRIC)]
+    rows = []
+    for v in VARIANTS:
+        match = {k: ANY if str(val).startswith("$") else val for k, val in v.train_sets.items()}
+        tag = "+".join(f"{k}={val}" for k, val in sorted(v.eval_sets.items()))
+        rows.append(Row(v.key, ("[mechanism] " if v.group == "mechanism" else "[architecture] ") + v.label, v.model,
+                        match=match, tag=tag, truncate_to=ABLATION_SAMPLES))
+
+    def paper_of(r, c):
+        p = paper.ABLATION.get("gram" if r.key == "gram-ladder" else r.key)
+        if p is None or c.key == "other":  # the paper's ablations are on Sudoku and N-Queens 8x8 only
+            return None
+        return p[0 if c.key == "sudoku" else 1]
+
+    return _table("ablation", f"Ablations ({ABLATION_SAMPLES} samples, vote)", rows, cols, paper_of, df, profile,
+                  [f"each cell: {ABLATION_METRIC} over the first {ABLATION_SAMPLES} samples of each test input, "
+                   "recomputed from the per-example records."])
+
+
+def scaling(df: pd.DataFrame, profile: str | None = None, select: str = "vote", dataset: str = "sudoku-extreme",
+            model: str = "gram") -> Table:
+    """Width x depth: rows = samples N, columns = supervision steps; accuracy of the
+    `select` rule. Widths below an eval's N are recomputed from its records."""
+    sub = df[(df["dataset"] == dataset) & (df["model"] == model) & (df["tag"] == "")]
+    if not sub.empty:  # the profile's own runs only, as every other table
+        sub = sub[sub["overrides"].map(lambda o: _matches(o, Row("", "", model))).astype(bool)]
+    depths = sorted({int(s) for s in sub["steps"].dropna().unique()}) or [8, 16, 32]
+    widths = sorted({1, 5, 20, 50} | {int(s) for s in sub["samples"].dropna().unique()})
+    metric = f"accuracy_{select}"
+    cols = [Col(f"s{d}", f"{d} steps", dataset, metric) for d in depths]
+    rows = [Row(f"n{n}", f"N={n}", model) for n in widths]
+    cells = {}
+    for r, n in zip(rows, widths):
+        for c, d in zip(cols, depths):
+            cand = sub[(sub["steps"] == d) & (sub["samples"] >= n) & (sub["metric"] == metric)]
+            if profile:
+                cand = cand[cand["profile"] == profile]
+            cell = Cell()
+            if not cand.empty:
+                exact = cand[cand["samples"] == n]
+                best = (exact if not exact.empty else cand.sort_values("samples")).iloc[0]
+                if best["samples"] == n:
+                    v = (best["value"], best["ci_low"], best["ci_high"])
+                else:
+                    v = _records_metric(best["run_dir"], best["eval"], metric, n)
+                if v is not None:
+                    cell = Cell(*v, seeds=1, profile=best["profile"], runs=[best["run_dir"]])
+            p = paper.SUDOKU_SCALING.get(n, {}).get(d) if dataset == "sudoku-extreme" else None
+            cell.paper = p * 100 if p is not None else None
+            cells[(r.key, c.key)] = cell
+    return Table("scaling", f"Width x depth scaling: {model} on {dataset} ({metric})", rows, cols, cells,
+                 _notes(cells, rows, cols, ["widths below an evaluation's N are the first N samples of its "
+                                            "records (votes recomputed)."]))
+
+
+TABLES = {"multi-solution": multi_solution, "structured": structured, "mnist": mnist, "sudoku-gen": sudoku_gen,
+          "ablation": ablation, "scaling": scaling}
+
+
+def build_table(name: str, df: pd.DataFrame, **kw) -> Table:
+    if name not in TABLES:
+        from gram_bench.harness.registry import unknown_name_message
+
+        raise UsageError(unknown_name_message("table", name, list(TABLES)))
+    return TABLES[name](df, **kw)
+

@@ -1,0 +1,137 @@
+"""GRAM's stochastic guidance on a state, shared by GRAM and the Looped TF rungs of the
+architecture ladder (REFERENCE.md section 1).
+
+Given a proposal u [B, S, D], the new state is h = u + eps with
+    eps ~ p(eps | u) = N(mu_p(u), sigma_p(u)^2)         (prior, inference)
+    eps ~ q(eps | u, y) = N(mu_q(u, y), sigma_q(u, y)^2)  (posterior, training)
+and the KL(q || p) with DreamerV2 balancing a*KL(sg(q) || p) + (1-a)*KL(q || sg(p)).
+
+`guidance` picks the mechanism (the paper's ablations):
+- `learned`: the above (GRAM);
+- `none`: eps = 0, deterministic;
+- `noise`: eps ~ N(0, sigma_init^2), nothing learned;
+- `mean`: learned means with zero variance: eps = mu_q(u, y) in training, mu_p(u) at
+  inference, and the KL replaced by its equal-variance limit 0.5 * ||mu_q - mu_p||^2
+  (balanced the same way); deterministic at inference.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gram_bench.models.base import check_choices
+from gram_bench.models.layers import Linear
+
+GUIDANCE = ("learned", "none", "noise", "mean")
+
+
+@dataclass(frozen=True)
+class GuidanceConfig:
+    """Guidance knobs; mixed into the configs of models that can use guidance."""
+
+    guidance: str = "learned"  # learned | none | noise | mean   (ablations)
+    beta: float | None = None  # KL weight; null = the task's paper value (0.1 when the task has none)
+    kl_balance: float = 0.8  # a in a*KL(sg(q)||p) + (1-a)*KL(q||sg(p))
+    kl_reduce: str = "sum"  # sum over latent dims per example (see REFERENCE pitfall) | mean
+    posterior_input: str = "concat"  # [open] MLP over concat(u, embed(y)) | u + embed(y)
+    guidance_hidden: int = 0  # MLP width of prior/posterior heads; 0 = hidden
+    sigma: str = "softplus"  # [open] softplus | exp
+    sigma_init: float = 0.1  # [open] initial sigma of prior and posterior (1.0 measured not to learn)
+    sigma_min: float = 1e-3  # [open] floor on sigma
+    posterior_at: str = "last"  # [open] transitions that sample the posterior in training: last | all
+
+    def check_guidance(self) -> None:
+        check_choices(self, guidance=GUIDANCE, kl_reduce=("sum", "mean"), posterior_input=("concat", "add"),
+                      sigma=("softplus", "exp"), posterior_at=("last", "all"))
+        if self.beta is not None and self.beta < 0:
+            raise ValueError("beta must be non-negative")
+        if not 0 <= self.kl_balance <= 1:
+            raise ValueError("kl_balance must be in [0, 1]")
+        if self.sigma_init <= 0 or self.sigma_min < 0:
+            raise ValueError("sigma_init must be positive and sigma_min non-negative")
+
+
+def gaussian_kl(mu_q, sd_q, mu_p, sd_p) -> torch.Tensor:
+    """KL(N(mu_q, sd_q^2) || N(mu_p, sd_p^2)) elementwise."""
+    return torch.log(sd_p / sd_q) + (sd_q.pow(2) + (mu_q - mu_p).pow(2)) / (2 * sd_p.pow(2)) - 0.5
+
+
+class GaussianHead(nn.Module):
+    """MLP giving (mu, sigma) of a diagonal Gaussian over eps, [B, S, D] each. The output layer
+    starts at zero, so mu = 0 and sigma = sigma_init at initialisation."""
+
+    def __init__(self, d_in: int, dim: int, hidden: int, sigma: str, sigma_init: float, sigma_min: float):
+        super().__init__()
+        self.sigma, self.sigma_min = sigma, sigma_min
+        self.inp = Linear(d_in, hidden, bias=True)
+        self.out = Linear(hidden, 2 * dim, bias=True)
+        nn.init.zeros_(self.out.weight)
+        s0 = max(sigma_init - sigma_min, 1e-4)
+        raw0 = math.log(math.expm1(s0)) if sigma == "softplus" else math.log(s0)
+        with torch.no_grad():
+            self.out.bias[dim:] = raw0
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mu, raw = self.out(F.silu(self.inp(x))).float().chunk(2, dim=-1)
+        sd = F.softplus(raw) if self.sigma == "softplus" else torch.exp(raw.clamp(max=10))
+        return mu, sd + self.sigma_min
+
+
+class Guidance(nn.Module):
+    """h = u + eps, with eps from the prior (y_feat None) or the posterior (y_feat given)."""
+
+    def __init__(self, cfg: GuidanceConfig, dim: int, vocab: int, seq_len: int, prefix: int):
+        super().__init__()
+        self.cfg, self.seq_len, self.prefix = cfg, seq_len, prefix
+        G = cfg.guidance_hidden or dim
+        if cfg.guidance in ("learned", "mean"):
+            self.prior = GaussianHead(dim, dim, G, cfg.sigma, cfg.sigma_init, cfg.sigma_min)
+            d_in = 2 * dim if cfg.posterior_input == "concat" else dim
+            self.posterior = GaussianHead(d_in, dim, G, cfg.sigma, cfg.sigma_init, cfg.sigma_min)
+            self.y_embed = nn.Embedding(vocab, dim)
+            nn.init.normal_(self.y_embed.weight, std=1.0)
+
+    @property
+    def uses_target(self) -> bool:
+        return self.cfg.guidance in ("learned", "mean")
+
+    @property
+    def beta(self) -> float:
+        return 0.1 if self.cfg.beta is None else self.cfg.beta
+
+    def y_features(self, y: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """Target tokens [B, out_len] -> [B, S, D] at the answer positions, zero elsewhere."""
+        e = self.y_embed(y).to(like.dtype)
+        return F.pad(e, (0, 0, self.prefix, self.seq_len - self.prefix - e.shape[1]))
+
+    def forward(self, u: torch.Tensor, y_feat: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Returns (u + eps, elementwise KL [B, S, D] or None when no posterior was used)."""
+        g = self.cfg.guidance
+        if g == "none":
+            return u, None
+        if g == "noise":
+            return u + self.cfg.sigma_init * torch.randn_like(u), None
+        mu_p, sd_p = self.prior(u)
+        if y_feat is None:
+            eps = mu_p if g == "mean" else mu_p + sd_p * torch.randn_like(mu_p)
+            return u + eps.to(u.dtype), None
+        post_in = torch.cat([u, y_feat], -1) if self.cfg.posterior_input == "concat" else u + y_feat
+        mu_q, sd_q = self.posterior(post_in)
+        a = self.cfg.kl_balance
+        if g == "mean":
+            eps = mu_q
+            kl = a * 0.5 * (mu_q.detach() - mu_p).pow(2) + (1 - a) * 0.5 * (mu_q - mu_p.detach()).pow(2)
+        else:
+            eps = mu_q + sd_q * torch.randn_like(mu_q)
+            kl = a * gaussian_kl(mu_q.detach(), sd_q.detach(), mu_p, sd_p) + \
+                (1 - a) * gaussian_kl(mu_q, sd_q, mu_p.detach(), sd_p.detach())
+        return u + eps.to(u.dtype), kl
+
+    def reduce(self, kl: torch.Tensor) -> torch.Tensor:
+        """Elementwise KL [B, S, D] -> per example [B]."""
+        return kl.sum((1, 2)) if self.cfg.kl_reduce == "sum" else kl.mean((1, 2))
