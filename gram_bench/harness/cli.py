@@ -64,13 +64,13 @@ def _sets(values: Optional[List[str]]) -> dict:
 
 @app.command("list")
 @handle_errors
-def list_cmd(what: str = typer.Argument("all", help="tasks | models | profiles | all")):
-    """List registered tasks, models and profiles."""
+def list_cmd(what: str = typer.Argument("all", help="tasks | models | profiles | tables | all")):
+    """List registered tasks, models, profiles and tables."""
     from gram_bench.harness.config import PROFILES, load_profile
     from gram_bench.models import MODELS
     from gram_bench.tasks import TASKS
 
-    choices = ("tasks", "models", "profiles", "all")
+    choices = ("tasks", "models", "profiles", "tables", "all")
     if what not in choices:
         raise UsageError(f"Unknown list '{what}'; choose one of {', '.join(choices)}.")
     if what in ("tasks", "all"):
@@ -95,6 +95,15 @@ def list_cmd(what: str = typer.Argument("all", help="tasks | models | profiles |
         t.add_column("description")
         for name in PROFILES:
             t.add_row(name, str(load_profile(name).get("description", "")))
+        console.print(t)
+    if what in ("tables", "all"):
+        from gram_bench.leaderboards.tables import TABLES
+
+        t = Table(title="tables (gram-bench table NAME)")
+        t.add_column("name")
+        t.add_column("description")
+        for name, fn in TABLES.items():
+            t.add_row(name, (fn.__doc__ or "").strip().splitlines()[0])
         console.print(t)
 
 

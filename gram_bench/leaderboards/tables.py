@@ -251,6 +251,7 @@ LABELS = {"direct": "Direct Pred", "looped-tf": "Looped TF", "hrm": "HRM", "trm"
 
 
 def multi_solution(df: pd.DataFrame, profile: str | None = None, select: str = "vote") -> Table:
+    """Table 1: N-Queens 8/10 accuracy and coverage, graph coloring 8/10 conflicts and coverage."""
     cols = []
     for short, ds in (("nq8", "nqueens-8"), ("nq10", "nqueens-10")):
         n = ds.split("-")[1]
@@ -270,6 +271,7 @@ def multi_solution(df: pd.DataFrame, profile: str | None = None, select: str = "
 
 
 def structured(df: pd.DataFrame, profile: str | None = None, select: str = "vote") -> Table:
+    """Sudoku-Extreme, ARC-AGI-1 and ARC-AGI-2 test accuracy."""
     cols = [Col("sudoku", "Sudoku-Extreme", "sudoku-extreme", f"exact_{select}"),
             Col("arc1", "ARC-AGI-1", "arc-agi-1", "pass@2"), Col("arc2", "ARC-AGI-2", "arc-agi-2", "pass@2")]
     rows = [Row(m, LABELS[m], m)
@@ -279,6 +281,7 @@ def structured(df: pd.DataFrame, profile: str | None = None, select: str = "vote
 
 
 def mnist(df: pd.DataFrame, profile: str | None = None, select: str = "vote") -> Table:
+    """Binarized MNIST generation: IS and FID, GRAM at several depths."""
     cols = [Col("is", "IS (MNIST-net)", "mnist", "is_mnistnet", pct=False),
             Col("fid", "FID (MNIST-net)", "mnist", "fid_mnistnet", pct=False)]
     rows = [Row("vae", "VAE", "vae"), Row("d3pm", "D3PM", "d3pm"), Row("trm", "TRM (16 steps)", "trm")]
@@ -294,6 +297,7 @@ def mnist(df: pd.DataFrame, profile: str | None = None, select: str = "vote") ->
 
 
 def sudoku_gen(df: pd.DataFrame, profile: str | None = None, select: str = "vote") -> Table:
+    """Unconditional Sudoku generation: validity and uniqueness."""
     cols = [Col("validity", "Validity", "sudoku-uncond", "validity"),
             Col("uniqueness", "Uniqueness", "sudoku-uncond", "uniqueness")]
     rows = []
@@ -314,6 +318,7 @@ def sudoku_gen(df: pd.DataFrame, profile: str | None = None, select: str = "vote
 
 def ablation(df: pd.DataFrame, profile: str | None = None, select: str = "vote", dataset: str = "nqueens-8"
              ) -> Table:
+    """The GRAM mechanism ablations and the architecture ladder (5 samples, vote)."""
     cols = [Col("sudoku", "Sudoku-Extreme", "sudoku-extreme", ABLATION_METRIC),
             Col("nqueens" if dataset.startswith("nqueens") else "other", dataset, dataset, ABLATION_METRIC)]
     rows = []
@@ -336,8 +341,9 @@ def ablation(df: pd.DataFrame, profile: str | None = None, select: str = "vote",
 
 def scaling(df: pd.DataFrame, profile: str | None = None, select: str = "vote", dataset: str = "sudoku-extreme",
             model: str = "gram") -> Table:
-    """Width x depth: rows = samples N, columns = supervision steps; accuracy of the
-    `select` rule. Widths below an eval's N are recomputed from its records."""
+    """Width x depth scaling: accuracy by samples N (rows) and supervision steps (columns).
+
+    Accuracy of the `select` rule; widths below an eval's N are recomputed from its records."""
     sub = df[(df["dataset"] == dataset) & (df["model"] == model) & (df["tag"] == "")]
     if not sub.empty:  # the profile's own runs only, as every other table
         sub = sub[sub["overrides"].map(lambda o: _matches(o, Row("", "", model))).astype(bool)]

@@ -81,6 +81,7 @@ def truncate(record: dict, n: int) -> dict:
         if isinstance(v, list) and len(v) == N and k != "answer":
             out[k] = v[:n]
     out["scores"] = scores
+    out.pop("answer", None)  # the answer of the N-sample vote; the n-sample vote may differ
     out["selected"] = select(ids, {k: np.asarray(v) for k, v in scores.items()})
     out["distinct_valid"] = len({a for a, ok in zip(ids, valid) if ok})
     out["distinct"] = len(set(ids))

@@ -71,7 +71,7 @@ class RecursiveModel(Model):
         self.seq_len = cfg.prefix + max(layout.in_len, layout.out_len)
         self.embed = InputEmbedding(layout.vocab, D, cfg.prefix, layout.n_puzzle_ids)
         self.lm_head = Linear(D, layout.vocab)
-        # Halting and value heads read the first position, detached from the core.
+        # Halting and value heads read the first position (detached from the core with detach_heads).
         n_q = 2 if cfg.halting == "q_learning" else 1  # (q_halt, q_continue) or q_halt
         self.q_head = nn.Sequential(Linear(D, D, bias=True), nn.SiLU(), Linear(D, n_q, bias=True))
         self.v_head = nn.Sequential(Linear(D, D, bias=True), nn.SiLU(), Linear(D, 1, bias=True))
