@@ -113,7 +113,7 @@ def test_markdown_ranks_by_accuracy_vote_for_nqueens(board, tmp_path):
     head, rows, part = section(md, "nqueens-8")
     assert "Ranked by `accuracy_vote` (higher is better)." in part
     assert head == ["#", "model", "accuracy_vote", "coverage", "accuracy_oracle", "params", "N", "steps",
-                    "GFLOP/answer", "train steps", "profile", "seeds", "hardware", "runs"]
+                    "calls/answer", "GFLOP/answer", "train steps", "profile", "seeds", "hardware", "runs"]
     col = {h: i for i, h in enumerate(head)}
     assert [r[col["model"]] for r in rows] == ["gram (model.ce_reduce=sum)", "trm", "hrm", "gram"]
     assert [r[col["#"]] for r in rows] == ["1", "2", "3", "4"]

@@ -132,7 +132,7 @@ def test_example_records():
     m = summarize(r)
     assert m["accuracy_vote"]["value"] == 1.0 and m["accuracy_first"]["value"] == 0.5
     assert m["coverage"]["value"] == pytest.approx((1 / 3 + 1) / 2)
-    assert set(SELECTIONS) == {"first", "vote", "lprm", "halt"}
+    assert set(SELECTIONS) == {"first", "vote", "lprm", "halt", "loglik"}
 
 
 def test_bootstrap_ci_of_a_constant_is_degenerate():

@@ -66,6 +66,7 @@ def evaluate(model, task, *, samples: int, steps: int, split: str = "test", limi
         "seconds": round(elapsed, 3),
         "answers_per_second": round(len(records) * samples / max(elapsed, 1e-9), 2),
         "flops_per_answer": flops,
+        "calls_per_answer": model.calls_per_answer(steps),
         "metrics": summarize(records, seed=0),
     }
     return records, summary

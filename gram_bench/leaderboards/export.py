@@ -66,6 +66,7 @@ def leaderboard_frame(df: pd.DataFrame) -> pd.DataFrame:
                          "value": value, "ci_low": lo, "ci_high": hi, "seeds": n_seeds,
                          "params": first["params"], "samples": first["samples"], "steps": first["steps"],
                          "train_steps": first["train_steps"], "flops_per_answer": first["flops_per_answer"],
+                         "calls_per_answer": first["calls_per_answer"],
                          "hardware": first["hardware"], "run_dirs": ";".join(sorted(set(m["run_dir"])))})
     return pd.DataFrame(rows)
 
@@ -96,7 +97,8 @@ def export(df: pd.DataFrame, fmt: str = "markdown", out_path: Path | None = None
         prim = prim.sort_values("value", ascending=lower)
         secondary = [m for m in _metrics_for(dataset)[1] if m in set(d["metric"])]
         lines += [f"## {dataset}", "", f"Ranked by `{metric}` ({'lower' if lower else 'higher'} is better).", ""]
-        head = ["#", "model", metric] + secondary + ["params", "N", "steps", "GFLOP/answer", "train steps",
+        head = ["#", "model", metric] + secondary + ["params", "N", "steps", "calls/answer", "GFLOP/answer",
+                                                     "train steps",
                                                      "profile", "seeds", "hardware", "runs"]
         lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for rank, (_, r) in enumerate(prim.iterrows(), 1):
@@ -112,7 +114,8 @@ def export(df: pd.DataFrame, fmt: str = "markdown", out_path: Path | None = None
             params = f"{int(r['params']):,}" if pd.notna(r["params"]) else ""
             lines.append("| " + " | ".join([
                 str(rank), r["entry"], _fmt(metric, r["value"], r["ci_low"], r["ci_high"]), *sec, params,
-                str(r["samples"]), str(r["steps"]), flops, "" if pd.isna(r["train_steps"]) else str(int(r["train_steps"])),
+                str(r["samples"]), str(r["steps"]),
+                "" if pd.isna(r["calls_per_answer"]) else str(int(r["calls_per_answer"])), flops, "" if pd.isna(r["train_steps"]) else str(int(r["train_steps"])),
                 str(r["profile"]), str(r["seeds"]), str(r["hardware"] or ""), " ".join(links)]) + " |")
         lines.append("")
     return "\n".join(lines) + "\n"

@@ -25,7 +25,7 @@ except ImportError:  # pragma: no cover
 
 COLUMNS = ["task", "dataset", "model", "run_id", "run_dir", "profile", "seed", "status", "eval", "split",
            "samples", "steps", "selection", "tag", "params", "train_steps", "train_seconds", "eval_seconds",
-           "flops_per_answer", "device", "hardware", "metric", "value", "ci_low", "ci_high", "n", "model_cfg",
+           "flops_per_answer", "calls_per_answer", "device", "hardware", "metric", "value", "ci_low", "ci_high", "n", "model_cfg",
            "overrides"]
 
 # the field spelled out in a dataset's name (as `Task.name_fields`), for runs whose env.json
@@ -112,7 +112,7 @@ def load_runs(runs_dir: str | Path = "runs", include_unfinished: bool = False) -
             head = {**base, "eval": ev.stem, "split": s.get("split"), "samples": s.get("samples"),
                     "steps": s.get("steps"), "selection": s.get("selection"), "tag": _eval_tag(ev.stem),
                     "params": s.get("model_params", env.get("params")), "eval_seconds": s.get("seconds"),
-                    "flops_per_answer": s.get("flops_per_answer")}
+                    "flops_per_answer": s.get("flops_per_answer"), "calls_per_answer": s.get("calls_per_answer")}
             for metric, m in s.get("metrics", {}).items():
                 rows.append({**head, "metric": metric, "value": m["value"], "ci_low": m["ci_low"],
                              "ci_high": m["ci_high"], "n": m["n"]})

@@ -6,23 +6,25 @@ from collections import Counter
 
 import numpy as np
 
-SELECTIONS = ("first", "vote", "lprm", "halt")
+SELECTIONS = ("first", "vote", "lprm", "halt", "loglik")
 
 
 def select(keys: list[bytes], scores: dict[str, np.ndarray]) -> dict[str, int]:
     """Index of the chosen sample per rule, for one input with N samples.
 
-    first: sample 0.  vote: the most frequent answer (ties -> higher mean LPRM value, then
-    earliest).  lprm / halt: the highest value-head / halting-confidence score."""
+    first: sample 0.  vote: the most frequent answer (ties -> higher mean LPRM value, or
+    model log-likelihood for models without a value head, then earliest).  lprm / halt /
+    loglik: the highest value-head / halting-confidence / model log-likelihood score (AR:
+    the sample's log-likelihood; diffusion: its final-step confidence)."""
     counts = Counter(keys)
-    lprm = scores.get("lprm")
+    lprm = scores.get("lprm", scores.get("loglik"))
 
     def vote_key(i: int) -> tuple:
         mean_v = float(np.mean([lprm[j] for j, k in enumerate(keys) if k == keys[i]])) if lprm is not None else 0.0
         return (counts[keys[i]], mean_v, -i)
 
     out = {"first": 0, "vote": max(range(len(keys)), key=vote_key)}
-    for name in ("lprm", "halt"):
+    for name in ("lprm", "halt", "loglik"):
         if name in scores:
             out[name] = int(np.argmax(scores[name]))
     return out

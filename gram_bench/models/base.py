@@ -50,6 +50,11 @@ class Model(nn.Module):
     def default_steps(self) -> int:
         return 1
 
+    def calls_per_answer(self, steps: int) -> int:
+        """Network (stack) applications to produce one answer at `steps`; with FLOPs per answer,
+        the sampling cost the leaderboard compares."""
+        return steps
+
     def num_params(self) -> int:
         return count_params(self)
 

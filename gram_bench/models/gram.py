@@ -68,6 +68,9 @@ class GRAM(RecursiveModel):
         self.register_buffer("l0", init_z0(D))
         self.register_load_state_dict_pre_hook(rename_legacy_guidance_keys)
 
+    def calls_per_answer(self, steps: int) -> int:
+        return steps * self.cfg.T * (self.cfg.K + 1)  # K f_L calls and one f_H call per transition
+
     @property
     def beta(self) -> float:
         return self.guide.beta

@@ -45,6 +45,9 @@ class HRM(RecursiveModel):
         self.register_buffer("zH0", init_z0(D))
         self.register_buffer("zL0", init_z0(D))
 
+    def calls_per_answer(self, steps: int) -> int:
+        return steps * self.cfg.H_cycles * (self.cfg.L_cycles + 1)
+
     def init_state(self, batch_size, device):
         shape = (batch_size, self.seq_len, self.cfg.hidden)
         return self.zH0.to(device).expand(shape), self.zL0.to(device).expand(shape)

@@ -44,9 +44,9 @@ class Rotary(nn.Module):
         self.register_buffer("cos", emb.cos(), persistent=False)
         self.register_buffer("sin", emb.sin(), persistent=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x [B, H, S, hd]
+    def forward(self, x: torch.Tensor, offset: int = 0) -> torch.Tensor:  # x [B, H, S, hd]
         S = x.shape[-2]
-        cos, sin = self.cos[:S].to(x.dtype), self.sin[:S].to(x.dtype)
+        cos, sin = self.cos[offset:offset + S].to(x.dtype), self.sin[offset:offset + S].to(x.dtype)
         x1, x2 = x.chunk(2, dim=-1)
         return x * cos + torch.cat([-x2, x1], dim=-1) * sin
 
@@ -60,11 +60,24 @@ class Attention(nn.Module):
         self.out = Linear(dim, dim)
         self.rope = Rotary(self.head_dim, max_len, rope_theta)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, S, D]
+    def forward(self, x: torch.Tensor, cache: dict | None = None) -> torch.Tensor:  # [B, S, D]
+        """With `cache` (a dict, empty at first), keys and values of earlier positions are
+        reused and the new ones appended: x holds only the new positions (causal only)."""
         B, S, D = x.shape
         q, k, v = self.qkv(x).view(B, S, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k = self.rope(q), self.rope(k)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)
+        offset = cache["k"].shape[2] if cache else 0
+        q, k = self.rope(q, offset), self.rope(k, offset)
+        if cache is not None:
+            if offset:
+                k, v = torch.cat([cache["k"], k], dim=2), torch.cat([cache["v"], v], dim=2)
+            cache["k"], cache["v"] = k, v
+        # a single new query attends to every cached key; a prefix of S > 1 is causal
+        causal = self.causal and S > 1
+        if causal and offset:
+            mask = torch.ones(S, offset + S, dtype=torch.bool, device=x.device).tril(offset)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
         return self.out(y.transpose(1, 2).reshape(B, S, D))
 
 
@@ -82,13 +95,14 @@ class SwiGLU(nn.Module):
 class Block(nn.Module):
     """Post-norm transformer block (TRM/HRM): x = norm(x + attn(x)); x = norm(x + mlp(x))."""
 
-    def __init__(self, dim: int, heads: int, ffn_hidden: int, max_len: int, rope_theta: float = 10000.0):
+    def __init__(self, dim: int, heads: int, ffn_hidden: int, max_len: int, rope_theta: float = 10000.0,
+                 causal: bool = False):
         super().__init__()
-        self.attn = Attention(dim, heads, max_len, rope_theta)
+        self.attn = Attention(dim, heads, max_len, rope_theta, causal)
         self.mlp = SwiGLU(dim, ffn_hidden)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = rms_norm(x + self.attn(x))
+    def forward(self, x: torch.Tensor, cache: dict | None = None) -> torch.Tensor:
+        x = rms_norm(x + self.attn(x, cache))
         return rms_norm(x + self.mlp(x))
 
 
@@ -96,13 +110,15 @@ class Stack(nn.Module):
     """A stack of blocks; ends in an RMSNorm (the post-norm of its last block)."""
 
     def __init__(self, layers: int, dim: int, heads: int, ffn_hidden: int, max_len: int,
-                 rope_theta: float = 10000.0):
+                 rope_theta: float = 10000.0, causal: bool = False):
         super().__init__()
-        self.layers = nn.ModuleList(Block(dim, heads, ffn_hidden, max_len, rope_theta) for _ in range(layers))
+        self.layers = nn.ModuleList(Block(dim, heads, ffn_hidden, max_len, rope_theta, causal)
+                                    for _ in range(layers))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for layer in self.layers:
-            x = layer(x)
+    def forward(self, x: torch.Tensor, caches: list[dict] | None = None) -> torch.Tensor:
+        """`caches`: one dict per layer for incremental causal decoding (see Attention)."""
+        for i, layer in enumerate(self.layers):
+            x = layer(x, caches[i] if caches is not None else None)
         return x
 
 

@@ -55,6 +55,9 @@ class LoopedTF(RecursiveModel):
         self.guide = Guidance(cfg, cfg.hidden, layout.vocab, self.seq_len, cfg.prefix)
         self.register_buffer("h0", init_z0(cfg.hidden))
 
+    def calls_per_answer(self, steps: int) -> int:
+        return steps * self.cfg.loops
+
     def init_state(self, batch_size, device):
         return (self.h0.to(device).expand(batch_size, self.seq_len, self.cfg.hidden),)
 

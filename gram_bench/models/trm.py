@@ -37,6 +37,9 @@ class TRM(RecursiveModel):
         self.register_buffer("y0", init_z0(cfg.hidden))
         self.register_buffer("z0", init_z0(cfg.hidden))
 
+    def calls_per_answer(self, steps: int) -> int:
+        return steps * self.cfg.T * (self.cfg.n + 1)
+
     def init_state(self, batch_size, device):
         shape = (batch_size, self.seq_len, self.cfg.hidden)
         return self.y0.to(device).expand(shape), self.z0.to(device).expand(shape)
