@@ -138,6 +138,9 @@ def test_answer_ids_and_truncation_recompute_votes():
     assert truncate(r, 6) == r
     with pytest.raises(ValueError):
         truncate({k: v for k, v in r.items() if k != "answer_ids"}, 2)
+    # schema-1 records of a model whose N samples are one answer need no ids
+    same = {**{k: v for k, v in r.items() if k != "answer_ids"}, "distinct": 1, "valid": [1] * 6}
+    assert truncate(same, 2)["valid"] == [1, 1] and truncate(same, 2)["selected"]["vote"] == 0
 
 
 def test_variants_resolve_for_their_models():
