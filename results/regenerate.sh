@@ -23,9 +23,9 @@ done
 # the profile's own runs (no training overrides) of 8-node graph coloring
 gc=$(python - <<'PY'
 import glob, yaml
+from gram_bench.leaderboards.load import training_overrides
 for d in sorted(glob.glob("results/runs/graph-coloring/*/cpu-seed0-*")):
-    o = yaml.safe_load(open(d + "/config.yaml")).get("overrides") or {}
-    if not any(k.startswith(("model.", "train.")) for k in o):
+    if not training_overrides(yaml.safe_load(open(d + "/config.yaml")).get("overrides") or {}):
         print(d)
 PY
 )
