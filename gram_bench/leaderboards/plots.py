@@ -76,6 +76,16 @@ def scaling_frame(run_dirs: list[Path], select: str = "vote") -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["run", "samples", "steps", "metric", "value", "ci_low", "ci_high"])
 
 
+def solution_bin(n: int) -> int:
+    """Powers-of-two bins of the number of solutions: 0 = 1, 1 = 2, 2 = 3-4, 3 = 5-8, ..."""
+    return max(0, (max(n, 1) - 1).bit_length())
+
+
+def bin_label(b: int) -> str:
+    lo, hi = (1 << (b - 1)) + 1 if b else 1, 1 << b
+    return str(hi) if lo == hi else f"{lo}-{hi}"
+
+
 def solutions_frame(run_dirs: list[Path], select: str = "vote") -> pd.DataFrame:
     rows = []
     for rdir in run_dirs:
@@ -84,7 +94,8 @@ def solutions_frame(run_dirs: list[Path], select: str = "vote") -> pd.DataFrame:
             continue
         for r in _records(files[0][0]):
             i = r["selected"].get(select, 0)
-            rows.append({"run": _label(rdir), "n_solutions": r["n_solutions"], "accuracy": 100 * r["valid"][i],
+            rows.append({"run": _label(rdir), "n_solutions": r["n_solutions"],
+                         "bin": solution_bin(r["n_solutions"]), "accuracy": 100 * r["valid"][i],
                          "coverage": 100 * r["distinct_valid"] / max(r["n_solutions"], 1)})
     return pd.DataFrame(rows)
 
@@ -146,8 +157,10 @@ def plot(kind: str, run_dirs: list[Path], out: Path, select: str = "vote") -> li
         if df.empty:
             raise UsageError("No eval records to plot.")
         fig, ax = plt.subplots(figsize=(6, 4))
-        sns.lineplot(df, x="n_solutions", y="accuracy", hue="run", marker="o", errorbar=("ci", 95), ax=ax)
-        ax.set(xlabel="valid solutions of the input", ylabel=f"accuracy ({select}) %")
+        sns.lineplot(df, x="bin", y="accuracy", hue="run", marker="o", errorbar=("ci", 95), ax=ax)
+        bins = sorted(df["bin"].unique())
+        ax.set_xticks(bins, [bin_label(b) for b in bins])
+        ax.set(xlabel="valid solutions of the input (binned)", ylabel=f"accuracy ({select}) %")
     else:
         df = curves_frame(run_dirs)
         if df.empty:
