@@ -72,8 +72,11 @@ class Table:
     notes: list[str]
 
     # ---- rendering
-    def _fmt(self, col: Col, x: float) -> str:
-        return f"{100 * x:.1f}" if col.pct else (f"{x:.0f}" if abs(x) >= 100 else f"{x:.2f}")
+    def _fmt(self, col: Col, x: float, like: float | None = None) -> str:
+        """Percent with one decimal; counts and scores with 2 decimals below 100, none above
+        (decided by `like`, the cell's value, so a value and its CI share one format)."""
+        ref = x if like is None else like
+        return f"{100 * x:.1f}" if col.pct else (f"{x:.0f}" if abs(ref) >= 100 else f"{x:.2f}")
 
     def _paper(self, p) -> str:
         if p is None:
@@ -85,7 +88,7 @@ class Table:
     def cell_text(self, r: Row, c: Col) -> str:
         cell = self.cells[(r.key, c.key)]
         ours = "no run" if cell.value is None else \
-            f"{self._fmt(c, cell.value)} [{self._fmt(c, cell.low)}, {self._fmt(c, cell.high)}]"
+            f"{self._fmt(c, cell.value)} [{self._fmt(c, cell.low, cell.value)}, {self._fmt(c, cell.high, cell.value)}]"
         p = self._paper(cell.paper)
         return f"{ours} (paper {p})" if p else ours
 
