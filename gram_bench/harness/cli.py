@@ -163,16 +163,24 @@ def data_verify(task: str = typer.Option(..., "--task"),
 # ----------------------------------------------------------------------------- run / eval
 
 
-def parse_seeds(seeds: Optional[str]) -> list[Optional[int]]:
-    if seeds is None:
-        return [None]
+def parse_ints(value: Optional[str], flag: str, minimum: int = 1, example: str = "1,5,20") -> list[int]:
+    """`"1,5,20"` -> [1, 5, 20]; None -> []; every value must be at least `minimum`."""
+    if value is None:
+        return []
     try:
-        out = [int(s) for s in seeds.split(",") if s.strip()]
+        out = [int(v) for v in value.split(",") if v.strip()]
     except ValueError:
-        raise UsageError(f"--seeds expects comma-separated integers like 0,1,2, got '{seeds}'.") from None
-    if not out or any(s < 0 for s in out):
-        raise UsageError(f"--seeds expects non-negative integers like 0,1,2, got '{seeds}'.")
+        raise UsageError(f"{flag} expects comma-separated integers like {example} (one value or a comma-separated "
+                         f"list), got '{value}'.") from None
+    if not out or any(v < minimum for v in out):
+        if minimum == 0:
+            raise UsageError(f"{flag} expects non-negative integers like {example}, got '{value}'.")
+        raise UsageError(f"{flag} must be at least {minimum}, got '{value}'.")
     return out
+
+
+def parse_seeds(seeds: Optional[str]) -> list[Optional[int]]:
+    return parse_ints(seeds, "--seeds", minimum=0, example="0,1,2") if seeds is not None else [None]
 
 
 @app.command()
@@ -203,19 +211,6 @@ def run(task: str = typer.Option(..., "--task", help="Task name (see `gram-bench
     cfgs = [resolve(task, model, profile, sets, seed) for seed in parse_seeds(seeds)]
     for cfg in cfgs:
         run_one(cfg, runs_dir, default_data_dir(data_dir), device, resume=resume, force=force, console=console)
-
-
-def parse_ints(value: Optional[str], flag: str) -> list[int]:
-    """`"1,5,20"` -> [1, 5, 20]; every value must be at least 1."""
-    if value is None:
-        return []
-    try:
-        out = [int(v) for v in value.split(",") if v.strip()]
-    except ValueError:
-        raise UsageError(f"{flag} expects an integer or a comma-separated list like 1,5,20, got '{value}'.") from None
-    if not out or any(v < 1 for v in out):
-        raise UsageError(f"{flag} must be at least 1, got '{value}'.")
-    return out
 
 
 @app.command("eval")
