@@ -20,25 +20,12 @@ import yaml
 from gram_bench.leaderboards import load_runs
 from gram_bench.leaderboards.export import export, leaderboard_frame
 from gram_bench.leaderboards.tables import build_table
-from gram_bench.metrics import bootstrap_ci, example_records, seed_interval, summarize
+from gram_bench.metrics import bootstrap_ci, seed_interval, summarize
 from gram_bench.metrics.stats import mean_stat, sum_stat
 
+from test_tables import TASK_FIELDS, records  # the shared synthetic-record builder
+
 # ----------------------------------------------------------------------------- synthetic runs
-
-TASK_FIELDS = {"nqueens": "n", "graph-coloring": "nodes"}
-
-
-def records(examples: list[tuple[int, str, str]]) -> list[dict]:
-    """Records from `(n_solutions, answers, valid answers)`, e.g. `(2, "aab", "ab")`: 3 samples
-    answering a, a, b, both valid. An invalid answer has its letter's rank in conflicts (b: 2)."""
-    keys = [[c.encode() for c in ans] for _, ans, _ in examples]
-    valid = np.array([[c in ok for c in ans] for _, ans, ok in examples])
-    conflicts = np.array([[0 if c in ok else ord(c) - 96 for c in ans] for _, ans, ok in examples])
-    exact = np.array([[c == "a" for c in ans] for _, ans, _ in examples])
-    preds = np.array([[[ord(c) - 97, 1] for c in ans] for _, ans, _ in examples])
-    return example_records(np.arange(len(examples)), np.array([e[0] for e in examples]), keys,
-                           {"valid": valid, "conflicts": conflicts}, exact, {}, preds)
-
 
 def make_run(root: Path, task: str, model: str, size: int, recs: list[dict], *, seed: int = 0,
              profile: str = "cpu", overrides: dict | None = None, params: int = 1234,
