@@ -8,7 +8,6 @@ A model consumes batches `{"inputs" [B, in_len], "targets" [B, out_len], "puzzle
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -16,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gram_bench.models.layers import InputEmbedding, Linear, count_params, pad_to, trunc_normal_
+from gram_bench.models.layers import MIXERS, InputEmbedding, Linear, count_params, pad_to, trunc_normal_
 
 Carry = dict[str, Any]
 
@@ -216,6 +215,7 @@ class RecursiveConfig:
     n_sup: int = 16  # supervision steps
     prefix: int = 16  # puzzle-embedding tokens; the heads read position 0
     rope_theta: float = 10000.0
+    mixer: str = "attention"  # sequence mixing in the core: attention | mlp (TRM-MLP, fixed length)
     ce_reduce: str = "mean"  # per-example CE: mean over answer tokens (TRM) | sum
     act: bool = True  # ACT halting in training
     halting: str = "bce"  # bce (TRM: q_halt > 0) | q_learning (HRM: q_halt > q_continue)
@@ -237,7 +237,7 @@ class RecursiveConfig:
             raise ValueError(f"{', '.join(low)} must be at least 1")
         if self.prefix < 1:
             raise ValueError("prefix must be at least 1 (the heads read position 0)")
-        check_choices(self, ce_reduce=("sum", "mean"), halting=("bce", "q_learning"),
+        check_choices(self, mixer=MIXERS, ce_reduce=("sum", "mean"), halting=("bce", "q_learning"),
                       decode=("argmax", "sample"), init=("fixed", "random"))
         if not 0 <= self.halt_exploration <= 1:
             raise ValueError("halt_exploration must be in [0, 1]")
@@ -253,8 +253,3 @@ def check_choices(cfg: Any, **choices: tuple[str, ...]) -> None:
 def init_z0(dim: int) -> torch.Tensor:
     """A fixed initial state vector ~ truncated N(0, 1), broadcast over positions."""
     return trunc_normal_(torch.empty(dim), 1.0)
-
-
-def ffn_for(dim: int, expansion: float) -> int:
-    """TRM's SwiGLU width: round(expansion * D * 2/3) up to a multiple of 256."""
-    return int(math.ceil(round(expansion * dim * 2 / 3) / 256) * 256)

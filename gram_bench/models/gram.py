@@ -61,8 +61,8 @@ class GRAM(RecursiveModel):
     def __init__(self, cfg: "GRAM.Config", layout):
         super().__init__(cfg, layout)
         D, S = cfg.hidden, self.seq_len
-        self.f_L = Stack(cfg.l_layers, D, cfg.heads, cfg.ffn_hidden, S, cfg.rope_theta)
-        self.f_H = Stack(cfg.h_layers, D, cfg.heads, cfg.ffn_hidden, S, cfg.rope_theta)
+        self.f_L = Stack(cfg.l_layers, D, cfg.heads, cfg.ffn_hidden, S, cfg.rope_theta, mixer=cfg.mixer)
+        self.f_H = Stack(cfg.h_layers, D, cfg.heads, cfg.ffn_hidden, S, cfg.rope_theta, mixer=cfg.mixer)
         self.guide = Guidance(cfg, D, layout.vocab, S, cfg.prefix)
         self.register_buffer("h0", init_z0(D))
         self.register_buffer("l0", init_z0(D))

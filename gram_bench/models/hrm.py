@@ -40,8 +40,8 @@ class HRM(RecursiveModel):
     def __init__(self, cfg: "HRM.Config", layout):
         super().__init__(cfg, layout)
         D, S = cfg.hidden, self.seq_len
-        self.L = Stack(cfg.l_layers, D, cfg.heads, cfg.ffn_hidden, S, cfg.rope_theta)
-        self.H = Stack(cfg.h_layers, D, cfg.heads, cfg.ffn_hidden, S, cfg.rope_theta)
+        self.L = Stack(cfg.l_layers, D, cfg.heads, cfg.ffn_hidden, S, cfg.rope_theta, mixer=cfg.mixer)
+        self.H = Stack(cfg.h_layers, D, cfg.heads, cfg.ffn_hidden, S, cfg.rope_theta, mixer=cfg.mixer)
         self.register_buffer("zH0", init_z0(D))
         self.register_buffer("zL0", init_z0(D))
 

@@ -1,5 +1,6 @@
-"""Shared layers: RMSNorm, RoPE, SDPA attention, SwiGLU, post-norm block, token embedding
-with prefix (puzzle) tokens, and the recurrent-state initialisation. Used by every model."""
+"""Shared layers: RMSNorm, RoPE, SDPA attention, SwiGLU, post-norm blocks (attention or
+MLP-mixer), token embedding with prefix (puzzle) tokens, and the recurrent-state
+initialisation. Used by every model."""
 
 from __future__ import annotations
 
@@ -81,6 +82,11 @@ class Attention(nn.Module):
         return self.out(y.transpose(1, 2).reshape(B, S, D))
 
 
+def ffn_for(dim: int, expansion: float) -> int:
+    """TRM's SwiGLU width: round(expansion * D * 2/3) up to a multiple of 256."""
+    return int(math.ceil(round(expansion * dim * 2 / 3) / 256) * 256)
+
+
 class SwiGLU(nn.Module):
     def __init__(self, dim: int, hidden: int):
         super().__init__()
@@ -106,14 +112,49 @@ class Block(nn.Module):
         return rms_norm(x + self.mlp(x))
 
 
+class MixerBlock(nn.Module):
+    """Post-norm MLP-mixer block (TRM-MLP): attention replaced by a token-mixing SwiGLU over
+    the sequence axis, x = norm(x + mix(x^T)^T); then x = norm(x + mlp(x)) as in `Block`.
+
+    The token mixer maps seq_len -> seq_hidden -> seq_len with weights shared over channels;
+    seq_hidden defaults to TRM's rule for its expansion 4, `ffn_for(seq_len, 4)` (97 -> 512
+    for Sudoku with 16 prefix tokens). Inputs must have exactly `seq_len` positions; never
+    causal, no KV cache."""
+
+    def __init__(self, dim: int, seq_len: int, ffn_hidden: int, seq_hidden: int | None = None):
+        super().__init__()
+        self.seq_len = seq_len
+        self.mix = SwiGLU(seq_len, seq_hidden or ffn_for(seq_len, 4.0))
+        self.mlp = SwiGLU(dim, ffn_hidden)
+
+    def forward(self, x: torch.Tensor, cache: dict | None = None) -> torch.Tensor:  # [B, S, D]
+        if cache is not None:
+            raise ValueError("MixerBlock has no KV cache (the mlp mixer is not causal)")
+        if x.shape[1] != self.seq_len:
+            raise ValueError(f"MixerBlock built for {self.seq_len} positions, got {x.shape[1]}")
+        x = rms_norm(x + self.mix(x.transpose(1, 2)).transpose(1, 2))
+        return rms_norm(x + self.mlp(x))
+
+
+MIXERS = ("attention", "mlp")
+
+
 class Stack(nn.Module):
-    """A stack of blocks; ends in an RMSNorm (the post-norm of its last block)."""
+    """A stack of blocks; ends in an RMSNorm (the post-norm of its last block).
+
+    `mixer` picks the sequence mixing of every layer: `attention` (`Block`) or `mlp`
+    (`MixerBlock` over exactly `max_len` positions; not causal, no cache)."""
 
     def __init__(self, layers: int, dim: int, heads: int, ffn_hidden: int, max_len: int,
-                 rope_theta: float = 10000.0, causal: bool = False):
+                 rope_theta: float = 10000.0, causal: bool = False, mixer: str = "attention"):
         super().__init__()
-        self.layers = nn.ModuleList(Block(dim, heads, ffn_hidden, max_len, rope_theta, causal)
-                                    for _ in range(layers))
+        if mixer not in MIXERS:
+            raise ValueError(f"mixer must be one of {', '.join(MIXERS)}, got '{mixer}'")
+        if mixer == "mlp" and causal:
+            raise ValueError("the mlp mixer cannot be causal (use mixer=attention)")
+        self.layers = nn.ModuleList(
+            Block(dim, heads, ffn_hidden, max_len, rope_theta, causal) if mixer == "attention"
+            else MixerBlock(dim, max_len, ffn_hidden) for _ in range(layers))
 
     def forward(self, x: torch.Tensor, caches: list[dict] | None = None) -> torch.Tensor:
         """`caches`: one dict per layer for incremental causal decoding (see Attention)."""

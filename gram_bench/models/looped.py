@@ -51,7 +51,8 @@ class LoopedTF(RecursiveModel):
 
     def __init__(self, cfg, layout):
         super().__init__(cfg, layout)
-        self.net = Stack(cfg.layers, cfg.hidden, cfg.heads, cfg.ffn_hidden, self.seq_len, cfg.rope_theta)
+        self.net = Stack(cfg.layers, cfg.hidden, cfg.heads, cfg.ffn_hidden, self.seq_len, cfg.rope_theta,
+                         mixer=cfg.mixer)
         self.guide = Guidance(cfg, cfg.hidden, layout.vocab, self.seq_len, cfg.prefix)
         self.register_buffer("h0", init_z0(cfg.hidden))
 

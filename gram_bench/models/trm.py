@@ -33,7 +33,8 @@ class TRM(RecursiveModel):
 
     def __init__(self, cfg: "TRM.Config", layout):
         super().__init__(cfg, layout)
-        self.net = Stack(cfg.layers, cfg.hidden, cfg.heads, cfg.ffn_hidden, self.seq_len, cfg.rope_theta)
+        self.net = Stack(cfg.layers, cfg.hidden, cfg.heads, cfg.ffn_hidden, self.seq_len, cfg.rope_theta,
+                         mixer=cfg.mixer)
         self.register_buffer("y0", init_z0(cfg.hidden))
         self.register_buffer("z0", init_z0(cfg.hidden))
 
