@@ -105,6 +105,8 @@ def non_default(obj: Any) -> dict:
     """The fields of a dataclass instance whose values differ from their defaults."""
     out = {}
     for f in dataclasses.fields(obj):
+        if not f.metadata.get("identity", True):  # e.g. where a data file lies: not part of a run's identity
+            continue
         default = f.default if f.default is not dataclasses.MISSING else (
             f.default_factory() if f.default_factory is not dataclasses.MISSING else dataclasses.MISSING)
         value = getattr(obj, f.name)

@@ -195,9 +195,7 @@ def run(cfg: RunConfig, runs_dir: Path = Path("runs"), data_root: Path = Path("d
 
 def train(cfg: RunConfig, task, model, rdir: Path, device: torch.device, bf16: bool, console: Console) -> None:
     tc = cfg.train
-    data = task.train_set()
-    tensors = {"inputs": data.inputs.to(device), "targets": data.targets.to(device),
-               "puzzle_ids": data.puzzle_ids.to(device)}
+    data = task.train_set().to(device)
     sampler = EpochSampler(len(data), cfg.seed)
     decay, no_decay = [], []
     for name, p in model.named_parameters():
@@ -250,7 +248,7 @@ def train(cfg: RunConfig, task, model, rdir: Path, device: torch.device, bf16: b
         tid = prog.add_task("train", total=tc.steps, completed=step, stats="")
         while step < tc.steps:
             idx = sampler.next(tc.batch_size).to(device)
-            batch = {k: v[idx] for k, v in tensors.items()}
+            batch = data.batch(idx)
             if carry is None:
                 carry = model.initial_carry(batch, device)
             lr = lr_at(step, tc)

@@ -26,6 +26,19 @@ from gram_bench.harness.io import atomic_write_json, sha256_file
 MANIFEST_VERSION = 1
 
 
+def identity(cfg: Any) -> dict:
+    """A task config as a dict without the fields marked `metadata={"identity": False}` (where
+    the data lies is not what the data is; the manifest holds the files' hashes instead)."""
+    return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.metadata.get("identity", True)}
+
+
+def identity_of_dict(cls: type, d: Any) -> Any:
+    if not isinstance(d, dict):
+        return d
+    keep = {f.name for f in dataclasses.fields(cls) if f.metadata.get("identity", True)}
+    return {k: v for k, v in d.items() if k in keep}
+
+
 @dataclass(frozen=True)
 class Layout:
     """Token layout seen by models: input length, output length, shared vocabulary size."""
@@ -57,12 +70,22 @@ class EvalSet:
 
 @dataclass
 class TrainSet:
+    """Training examples. The runner draws example indices and asks `batch(idx)` for them, so a
+    task may generate examples on the fly (e.g. Sudoku's augmentations) by overriding
+    `__len__`, `batch` and `to`."""
+
     inputs: torch.Tensor  # [M, in_len] long
     targets: torch.Tensor  # [M, out_len] long
     puzzle_ids: torch.Tensor  # [M] long
 
     def __len__(self) -> int:
         return self.inputs.shape[0]
+
+    def to(self, device: torch.device) -> "TrainSet":
+        return TrainSet(self.inputs.to(device), self.targets.to(device), self.puzzle_ids.to(device))
+
+    def batch(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"inputs": self.inputs[idx], "targets": self.targets[idx], "puzzle_ids": self.puzzle_ids[idx]}
 
 
 class Task:
@@ -88,11 +111,16 @@ class Task:
         its default, a short hash of the whole config is appended so that two configurations
         never share (and overwrite) one directory."""
         parts = [self.name] + [str(getattr(self.cfg, f)) for f in self.name_fields]
-        default = self.Config(**{f: getattr(self.cfg, f) for f in self.name_fields})
-        if self.cfg != default:
-            blob = json.dumps(dataclasses.asdict(self.cfg), sort_keys=True).encode()
-            parts.append(hashlib.sha256(blob).hexdigest()[:8])
-        return "-".join(parts)
+        return self.hashed_name("-".join(parts), self.Config(**{f: getattr(self.cfg, f) for f in self.name_fields}))
+
+    def hashed_name(self, base: str, default) -> str:
+        """`base`, plus `-<hash>` of the config's identity fields when they differ from `default`.
+        Fields marked `metadata={"identity": False}` (e.g. where a CSV lies) never count."""
+        ident = identity(self.cfg)
+        if ident == identity(default):
+            return base
+        blob = json.dumps(ident, sort_keys=True).encode()
+        return f"{base}-{hashlib.sha256(blob).hexdigest()[:8]}"
 
     @property
     def data_dir(self) -> Path:
@@ -145,7 +173,7 @@ class Task:
             manifest = json.loads(mpath.read_text())
         except json.JSONDecodeError:
             raise UsageError(f"{mpath} is not valid JSON; rebuild with: {self.build_command()}") from None
-        if manifest.get("task") != self.name or manifest.get("config") != dataclasses.asdict(self.cfg):
+        if manifest.get("task") != self.name or identity_of_dict(type(self.cfg), manifest.get("config")) != identity(self.cfg):
             raise UsageError(f"{mpath} was built for another config ({manifest.get('config')}); "
                              f"rebuild with: {self.build_command()}")
         return manifest
