@@ -40,6 +40,17 @@ def sum_stat(x: np.ndarray, axis: int = -1) -> np.ndarray:
     return np.sum(x, axis=axis)
 
 
+def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval for a binomial proportion."""
+    if n == 0:
+        return float("nan"), float("nan")
+    z = float(stats.norm.ppf(0.5 + confidence / 2))
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
 def seed_interval(values: Sequence[float], confidence: float = 0.95) -> dict:
     """Across seeds: mean, sample std and a Student-t interval for the mean."""
     v = np.asarray(values, dtype=float)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from gram_bench.metrics.records import SELECTIONS
-from gram_bench.metrics.stats import bootstrap_ci, mean_stat, ratio_stat, sum_stat
+from gram_bench.metrics.stats import bootstrap_ci, mean_stat, ratio_stat, sum_stat, wilson_interval
 
 
 def _metric(value_lo_hi: tuple[float, float, float], n: int) -> dict:
@@ -49,6 +49,8 @@ def summarize(records: list[dict], seed: int = 0, slices: bool = True) -> dict[s
         out["conflicts_mean"] = _metric(bootstrap_ci([c], mean_stat, seed=seed), n)
         c1 = np.array([r["conflicts"][0] for r in records], dtype=float)
         out["conflicts_total_first"] = _metric(bootstrap_ci([c1], sum_stat, seed=seed), n)
+    if "board_hash" in records[0]:
+        out.update(generation_metrics(records, seed))
     out["distinct_samples"] = _metric(bootstrap_ci([np.array([r["distinct"] for r in records], dtype=float)],
                                                    mean_stat, seed=seed), n)
     if slices:
@@ -56,4 +58,28 @@ def summarize(records: list[dict], seed: int = 0, slices: bool = True) -> dict[s
         if multi and len(multi) < n:
             for k, v in summarize(multi, seed=seed, slices=False).items():
                 out[f"{k}_multi"] = v
+    return out
+
+
+def generation_metrics(records: list[dict], seed: int = 0) -> dict[str, dict]:
+    """Over every generated sample of every record (unconditional generation): `validity` =
+    valid samples / samples; `uniqueness` = distinct valid samples (by `board_hash`) / valid
+    samples; `novelty` = valid samples that are not training examples / valid samples (needs
+    `in_train`). CIs: percentile bootstrap over records for validity and novelty; a Wilson
+    interval over valid samples for uniqueness (resampling records would duplicate boards and
+    bias a distinct count down)."""
+    n = len(records)
+    valid = [np.asarray(r["valid"], dtype=bool) for r in records]
+    hashes = [np.asarray(r["board_hash"], dtype=np.int64) for r in records]
+    n_valid = np.array([v.sum() for v in valid], dtype=float)
+    n_all = np.array([len(v) for v in valid], dtype=float)
+    out = {"validity": _metric(bootstrap_ci([n_valid, n_all], ratio_stat, seed=seed), n)}
+    all_valid = np.concatenate([h[v] for h, v in zip(hashes, valid)])
+    if len(all_valid):
+        distinct = len(np.unique(all_valid))
+        out["uniqueness"] = _metric((distinct / len(all_valid), *wilson_interval(distinct, len(all_valid))), n)
+    if "in_train" in records[0] and n_valid.sum() > 0:
+        novel = np.array([(v & ~np.asarray(r["in_train"], dtype=bool)).sum() for v, r in zip(valid, records)],
+                         dtype=float)
+        out["novelty"] = _metric(bootstrap_ci([novel, n_valid], ratio_stat, seed=seed), n)
     return out

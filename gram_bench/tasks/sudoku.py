@@ -1,0 +1,550 @@
+"""Sudoku-Extreme and unconditional Sudoku generation (REFERENCE.md section 3).
+
+**Sources.** `source=csv` reads the public Sudoku-Extreme files (`train.csv`, `test.csv`
+with header `source,question,answer,rating`; question and answer are 81-character
+row-major strings, `.` or `0` = blank) from `task.data_dir` or, when that is empty, from
+the directory in the environment variable `GRAM_BENCH_SUDOKU_DIR`. `source=generated`
+draws puzzles with a unique solution from the offline generator
+(`gram_bench.tasks.sudoku_solver`), puzzle i from the seed and i alone, rated by the
+solver's backtrack count and kept when the rating is at least `task.min_rating`.
+
+**Protocol (HRM/TRM).** Training uses `task.train_puzzles` (1,000) puzzles chosen by a seeded
+permutation of the train file's rows (the chosen row indices are stored as
+`train_rows.npy`) and `task.augmentations` (1,000) validity-preserving variants of each,
+generated on the fly from a seeded parameter table: transpose (p=0.5), a permutation of the
+bands and of the rows within each band, of the stacks and of the columns within each stack,
+and a permutation of the digits 1-9. Variant 0 is the puzzle itself, so an epoch is
+train_puzzles x (augmentations + 1) examples. The test split is the test file, not
+augmented, or a seeded subset of `task.test_limit` rows.
+
+**Malformed rows** (a wrong number of fields, a string that is not 81 characters of digits
+and blanks, an answer with a blank, an answer that breaks a Sudoku rule or contradicts a
+given of its question, a rating that is not an integer) are never trained on: with
+`task.bad_rows=skip` (default) they are left out, counted in the manifest with their line
+numbers, and replaced by the next rows of the seeded order; with `bad_rows=error` the first
+one stops the build with its file and line.
+
+Tokens: 0 pad, 1 blank, digits 1-9 -> 2..10 (vocabulary 11, length 81). Accuracy is the
+exact match of all 81 cells (`exact_*`) and, separately, constraint validity (`accuracy_*`:
+every row, column and box holds 1-9 once and every given is kept).
+"""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from gram_bench.harness.errors import UsageError
+from gram_bench.tasks import TASKS
+from gram_bench.tasks.base import EvalSet, Layout, Task, TrainSet
+
+BLANK, DIGIT0 = 1, 2  # token of a blank cell, token of digit 1
+VOCAB = 11
+HEADER = ["source", "question", "answer", "rating"]
+ENV_DIR = "GRAM_BENCH_SUDOKU_DIR"
+DATA_URL = "https://huggingface.co/datasets/sapientinc/sudoku-extreme"
+GENERATED_TEST_DEFAULT = 1000  # test puzzles of the generated source when test_limit is 0
+_ROW_RE = re.compile(r"[.0-9]{81}")
+_ANSWER_RE = re.compile(r"[1-9]{81}")
+
+# the 27 units (9 rows, 9 columns, 9 boxes) as cell indices, and cell -> unit membership
+UNITS = np.array([[r * 9 + c for c in range(9)] for r in range(9)]
+                 + [[r * 9 + c for r in range(9)] for c in range(9)]
+                 + [[(3 * (b // 3) + i // 3) * 9 + 3 * (b % 3) + i % 3 for i in range(9)] for b in range(9)])
+PERM3 = np.array(list(itertools.permutations(range(3))), dtype=np.int64)  # [6, 3]
+N_AUG_PARAMS = 18  # transpose, band perm, 3 row perms, stack perm, 3 column perms, 9 digits
+
+
+# ----------------------------------------------------------------------------- grid checks (numpy)
+
+
+def grids_valid(grids: np.ndarray) -> np.ndarray:
+    """[M, 81] digits (0 = blank) -> [M] bool: complete, and every unit holds 1-9 once."""
+    g = np.asarray(grids)
+    units = np.sort(g[:, UNITS], axis=-1)  # [M, 27, 9]
+    return (units == np.arange(1, 10)).all(axis=(1, 2))
+
+
+def keeps_givens(questions: np.ndarray, answers: np.ndarray) -> np.ndarray:
+    """[M] bool: every given digit of the question is the answer's digit in that cell."""
+    q, a = np.asarray(questions), np.asarray(answers)
+    return ((q == 0) | (q == a)).all(axis=1)
+
+
+def parse_grid(s: str) -> np.ndarray:
+    """An 81-character string ('.' or '0' = blank) -> [81] uint8 digits, 0 = blank."""
+    return np.frombuffer(s.replace(".", "0").encode("ascii"), dtype=np.uint8) - ord("0")
+
+
+def grid_string(grid: np.ndarray) -> str:
+    return "".join("." if d == 0 else str(int(d)) for d in grid)
+
+
+# ----------------------------------------------------------------------------- the CSV files
+
+
+@dataclass
+class CsvRows:
+    """Rows read from a Sudoku-Extreme CSV: the file's data-row indices (0 = first row after the
+    header), digit grids and ratings, plus the malformed rows found as "file:line: reason"."""
+
+    rows: np.ndarray  # [M] int64
+    questions: np.ndarray  # [M, 81] uint8
+    answers: np.ndarray  # [M, 81] uint8
+    ratings: np.ndarray  # [M] int64
+    bad: list[str] = field(default_factory=list)
+
+
+def count_data_rows(path: Path) -> int:
+    """Data rows of a CSV file (lines after the header), after checking the header."""
+    with open(path, newline="") as f:
+        header = next(csv.reader(f), None)
+    if header != HEADER:
+        raise UsageError(f"{path}:1: the header is {header}, expected {','.join(HEADER)} (the Sudoku-Extreme "
+                         f"format; see {DATA_URL}).")
+    n = 0
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 24), b""):
+            n += block.count(b"\n")
+            last = block
+    if n and not last.endswith(b"\n"):  # no newline after the last row
+        n += 1
+    return n - 1
+
+
+def read_rows(path: Path, wanted: np.ndarray | None, on_bad: str,
+              progress: Callable[[int, int], None] | None = None, total: int = 0) -> CsvRows:
+    """Read the data rows `wanted` (indices, any order; None = all) of a Sudoku-Extreme CSV and
+    check them; a malformed row is dropped and described in `bad`, or raises with
+    `on_bad="error"`. Results are in file order."""
+    want = None if wanted is None else set(int(i) for i in wanted)
+    idx, qs, ans, rts, bad = [], [], [], [], []
+
+    def reject(line: int, reason: str) -> None:
+        msg = f"{path}:{line}: {reason}"
+        if on_bad == "error":
+            raise UsageError(f"{msg}; fix or remove the row, or pass --set task.bad_rows=skip to leave malformed "
+                             f"rows out.")
+        bad.append(msg)
+
+    with open(path, newline="") as f:
+        reader = csv.reader(f)
+        next(reader, None)
+        for i, rec in enumerate(reader):
+            if progress and i % 100_000 == 0:
+                progress(i, total)
+            if want is not None and i not in want:
+                continue
+            line = reader.line_num
+            if len(rec) != 4:
+                reject(line, f"{len(rec)} fields, expected 4 ({','.join(HEADER)})")
+                continue
+            _, q, a, r = rec
+            if not _ROW_RE.fullmatch(q):
+                reject(line, "the question is not 81 characters of digits and '.'")
+                continue
+            if not _ANSWER_RE.fullmatch(a):
+                reject(line, "the answer is not 81 digits 1-9")
+                continue
+            try:
+                rating = int(r)
+            except ValueError:
+                reject(line, f"the rating {r!r} is not an integer")
+                continue
+            idx.append(i)
+            qs.append(q)
+            ans.append(a)
+            rts.append(rating)
+    if progress:
+        progress(total, total)
+    q = np.stack([parse_grid(s) for s in qs]) if qs else np.zeros((0, 81), np.uint8)
+    a = np.stack([parse_grid(s) for s in ans]) if ans else np.zeros((0, 81), np.uint8)
+    ok = grids_valid(a) & keeps_givens(q, a)
+    for j in np.nonzero(~ok)[0]:
+        # the line number of a row that passed the structural checks: data row i is line i + 2
+        reason = ("the answer breaks a Sudoku rule" if not grids_valid(a[j:j + 1])[0]
+                  else "the answer contradicts a given of the question")
+        reject(idx[j] + 2, reason)
+    keep = np.nonzero(ok)[0]
+    return CsvRows(np.asarray(idx, dtype=np.int64)[keep], q[keep], a[keep], np.asarray(rts, dtype=np.int64)[keep],
+                   bad)
+
+
+def pick_rows(path: Path, n_rows: int, count: int, seed: int, on_bad: str,
+              progress: Callable[[int, int], None] | None = None) -> CsvRows:
+    """The first `count` well-formed rows in a seeded permutation of the file's rows (all of
+    them, in file order, when count is 0 or at least the number of rows)."""
+    if count <= 0 or count >= n_rows:
+        out = read_rows(path, None, on_bad, progress, n_rows)
+        if count > len(out.rows):
+            raise UsageError(f"{path} has only {len(out.rows)} well-formed rows of the {count} asked for; lower the "
+                             f"count.")
+        return out if count <= 0 else _take(out, np.arange(count))
+    order = np.random.default_rng(seed).permutation(n_rows)
+    got: list[CsvRows] = []
+    pos, have, bad = 0, 0, []
+    while have < count and pos < n_rows:
+        chunk = order[pos:pos + (count - have) + max(16, (count - have) // 20)]  # a few spares per pass
+        pos += len(chunk)
+        part = read_rows(path, chunk, on_bad, progress, n_rows)
+        bad += part.bad
+        rank = {int(r): k for k, r in enumerate(chunk)}  # keep the permutation's order
+        part = _take(part, np.argsort([rank[int(r)] for r in part.rows], kind="stable")[:count - have])
+        got.append(part)
+        have += len(part.rows)
+    if have < count:
+        raise UsageError(f"{path} has only {have} well-formed rows of the {count} asked for; lower the count.")
+    return CsvRows(*(np.concatenate([getattr(g, f) for g in got]) for f in ("rows", "questions", "answers",
+                                                                             "ratings")), bad)
+
+
+def _take(r: CsvRows, sel: np.ndarray) -> CsvRows:
+    return CsvRows(r.rows[sel], r.questions[sel], r.answers[sel], r.ratings[sel], r.bad)
+
+
+def csv_dir(data_dir: str) -> Path:
+    """The directory holding train.csv and test.csv, from the config or the environment."""
+    d = data_dir or os.environ.get(ENV_DIR, "")
+    hint = (f"download train.csv and test.csv from {DATA_URL} and pass --set task.data_dir=DIR (or set "
+            f"{ENV_DIR}=DIR), or use the offline generator with --set task.source=generated")
+    if not d:
+        raise UsageError(f"No Sudoku-Extreme CSV directory given; {hint}.")
+    p = Path(d).expanduser()
+    for name in ("train.csv", "test.csv"):
+        if not (p / name).is_file():
+            raise UsageError(f"{p / name} does not exist; {hint}.")
+    return p
+
+
+def rating_summary(r: np.ndarray) -> dict:
+    if not len(r):
+        return {}
+    return {"min": int(r.min()), "median": float(np.median(r)), "p90": float(np.percentile(r, 90)),
+            "max": int(r.max()), "zero": round(float((r == 0).mean()), 4)}
+
+
+# ----------------------------------------------------------------------------- augmentation
+
+
+def augmentation_params(rng: np.random.Generator, n: int) -> np.ndarray:
+    """[n, 18] uint8: transpose flag, band perm, 3 row-in-band perms, stack perm, 3
+    column-in-stack perms (each an index into the 6 permutations of 3), digit perm (9)."""
+    out = np.empty((n, N_AUG_PARAMS), dtype=np.uint8)
+    out[:, 0] = rng.random(n) < 0.5
+    out[:, 1:9] = rng.integers(0, 6, size=(n, 8))
+    out[:, 9:] = np.argsort(rng.random((n, 9)), axis=1)
+    return out
+
+
+def identity_params(n: int) -> np.ndarray:
+    out = np.zeros((n, N_AUG_PARAMS), dtype=np.uint8)
+    out[:, 9:] = np.arange(9)
+    return out
+
+
+def _line_map(perm3: torch.Tensor, outer: torch.Tensor, inner: torch.Tensor) -> torch.Tensor:
+    """[B] outer perm ids, [B, 3] inner perm ids -> [B, 9] source line of each new line: new line
+    3k + i comes from old line 3 * outer[k] + inner[k][i]."""
+    big = perm3[outer.long()]  # [B, 3]
+    small = perm3[inner.long()]  # [B, 3, 3]
+    return (3 * big.unsqueeze(-1) + small).reshape(-1, 9)
+
+
+def cell_maps(params: torch.Tensor) -> torch.Tensor:
+    """[B, 18] params -> [B, 81] source cell of each cell of the augmented grid."""
+    perm3 = torch.as_tensor(PERM3, device=params.device)
+    rows = _line_map(perm3, params[:, 1], params[:, 2:5])
+    cols = _line_map(perm3, params[:, 5], params[:, 6:9])
+    src = rows.unsqueeze(-1) * 9 + cols.unsqueeze(-2)  # [B, 9, 9]
+    src = torch.where(params[:, 0].bool().view(-1, 1, 1), src.transpose(1, 2), src)
+    return src.reshape(-1, 81)
+
+
+def augment(tokens: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+    """Apply augmentations to token grids [B, 81] (tokens: digits 2..10, anything else kept)."""
+    moved = tokens.gather(1, cell_maps(params))
+    digit_map = torch.arange(VOCAB, device=tokens.device).expand(len(tokens), VOCAB).clone()
+    digit_map[:, DIGIT0:] = params[:, 9:].long() + DIGIT0
+    return digit_map.gather(1, moved)
+
+
+def invert(tokens: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+    """The inverse of `augment` with the same params."""
+    inv_digit = torch.arange(VOCAB, device=tokens.device).expand(len(tokens), VOCAB).clone()
+    inv_digit.scatter_(1, params[:, 9:].long() + DIGIT0,
+                       torch.arange(DIGIT0, VOCAB, device=tokens.device).expand(len(tokens), 9).contiguous())
+    undigit = inv_digit.gather(1, tokens)
+    out = torch.empty_like(tokens)
+    return out.scatter_(1, cell_maps(params), undigit)
+
+
+class AugmentedTrainSet(TrainSet):
+    """Puzzles x (augmentations + 1) examples; example k is puzzle k // A under the k % A-th
+    row of a seeded parameter table (row 0 of every puzzle = the identity)."""
+
+    def __init__(self, inputs: torch.Tensor, targets: torch.Tensor, params: torch.Tensor):
+        super().__init__(inputs, targets, torch.zeros(len(inputs), dtype=torch.long))
+        self.params = params  # [P, A, 18] uint8
+
+    def __len__(self) -> int:
+        return self.params.shape[0] * self.params.shape[1]
+
+    def to(self, device: torch.device) -> "AugmentedTrainSet":
+        return AugmentedTrainSet(self.inputs.to(device), self.targets.to(device), self.params.to(device))
+
+    def batch(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
+        A = self.params.shape[1]
+        base, variant = idx // A, idx % A
+        p = self.params[base, variant]
+        return {"inputs": augment(self.inputs[base], p), "targets": augment(self.targets[base], p),
+                "puzzle_ids": self.puzzle_ids[base]}
+
+
+# ----------------------------------------------------------------------------- verifier (torch)
+
+
+def verify_grids(inputs: torch.Tensor | None, preds: torch.Tensor) -> dict[str, torch.Tensor]:
+    """preds [B, N, 81] tokens (inputs [B, 81] or None) -> valid, keeps_clues, conflicts [B, N].
+
+    `conflicts` counts pairs of equal digits within a row, column or box plus cells that are
+    not digits; `valid` = no conflict, every cell a digit, every given kept."""
+    dev = preds.device
+    digit = (preds >= DIGIT0) & (preds < DIGIT0 + 9)
+    onehot = torch.nn.functional.one_hot((preds - DIGIT0).clamp(0, 8), 9) * digit.unsqueeze(-1)  # [B, N, 81, 9]
+    member = torch.zeros(81, 27, device=dev)
+    member[torch.as_tensor(UNITS, device=dev).reshape(-1), torch.arange(27, device=dev).repeat_interleave(9)] = 1
+    per_unit = torch.einsum("bncd,cu->bnud", onehot.float(), member)  # [B, N, 27, 9]
+    conflicts = (per_unit * (per_unit - 1) / 2).sum((-1, -2)).round().long() + (~digit).sum(-1)
+    if inputs is not None:
+        given = (inputs >= DIGIT0).unsqueeze(1)
+        keeps = (~given | (preds == inputs.unsqueeze(1))).all(-1)
+    else:
+        keeps = torch.ones(preds.shape[:2], dtype=torch.bool, device=dev)
+    return {"valid": (conflicts == 0) & keeps, "keeps_clues": keeps, "conflicts": conflicts}
+
+
+# ----------------------------------------------------------------------------- tasks
+
+
+@TASKS.register("sudoku-extreme")
+class SudokuExtreme(Task):
+    name = "sudoku-extreme"
+
+    @dataclass(frozen=True)
+    class Config:
+        source: str = "csv"  # csv (the real files) | generated (offline generator)
+        data_dir: str = field(default="", metadata={"identity": False})  # holds train.csv, test.csv
+        train_puzzles: int = 1000
+        augmentations: int = 1000  # variants per training puzzle, besides the puzzle itself
+        test_limit: int = 0  # csv: 0 = the whole test file; generated: 0 = 1,000 puzzles
+        min_rating: int = 0  # generated source: minimum backtrack count of a kept puzzle
+        seed: int = 0  # row subsets, generated puzzles, augmentation table
+        bad_rows: str = "skip"  # skip | error
+
+        def check(self) -> None:
+            if self.source not in ("csv", "generated"):
+                raise ValueError(f"source must be csv or generated, got '{self.source}'")
+            if self.bad_rows not in ("skip", "error"):
+                raise ValueError(f"bad_rows must be skip or error, got '{self.bad_rows}'")
+            if self.train_puzzles < 1:
+                raise ValueError("train_puzzles must be at least 1")
+            for name in ("augmentations", "test_limit", "min_rating", "seed"):
+                if getattr(self, name) < 0:
+                    raise ValueError(f"{name} must be non-negative")
+
+    @classmethod
+    def model_hints(cls, cfg: "SudokuExtreme.Config") -> dict:
+        return {"beta": 0.1}
+
+    def dir_name(self) -> str:
+        """`sudoku-extreme` (the real data) or `sudoku-extreme-gen` (the offline generator), plus
+        a config hash when any other setting differs from its default: generated puzzles never
+        share a name with the real benchmark."""
+        base = "sudoku-extreme" if self.cfg.source == "csv" else "sudoku-extreme-gen"
+        return self.hashed_name(base, self.Config(source=self.cfg.source))
+
+    @property
+    def layout(self) -> Layout:
+        return Layout(in_len=81, out_len=81, vocab=VOCAB)
+
+    # ---- data
+    def build_arrays(self, progress: Callable[[int, int], None] | None = None) -> tuple[dict, dict]:
+        c = self.cfg
+        if c.source == "generated":
+            from gram_bench.tasks.sudoku_solver import generate
+
+            n_test = c.test_limit or GENERATED_TEST_DEFAULT
+            q, a, r = generate(c.seed, c.train_puzzles + n_test, c.min_rating, progress=progress)
+            q, a = q.astype(np.uint8), a.astype(np.uint8)
+            train = CsvRows(np.arange(c.train_puzzles), q[:c.train_puzzles], a[:c.train_puzzles],
+                            r[:c.train_puzzles].astype(np.int64))
+            test = CsvRows(np.arange(n_test), q[c.train_puzzles:], a[c.train_puzzles:],
+                           r[c.train_puzzles:].astype(np.int64))
+            counts: dict = {"source": "generated", "min_rating": c.min_rating}
+        else:
+            d = csv_dir(c.data_dir)
+            n_train_rows, n_test_rows = count_data_rows(d / "train.csv"), count_data_rows(d / "test.csv")
+            train = pick_rows(d / "train.csv", n_train_rows, c.train_puzzles, c.seed, c.bad_rows, progress)
+            test = pick_rows(d / "test.csv", n_test_rows, c.test_limit, c.seed + 1, c.bad_rows, progress)
+            from gram_bench.harness.io import sha256_file
+
+            counts = {"source": "csv", "csv_dir": str(d.resolve()), "train_file_rows": n_train_rows,
+                      "test_file_rows": n_test_rows, "train_sha256": sha256_file(d / "train.csv"),
+                      "test_sha256": sha256_file(d / "test.csv")}
+            bad = train.bad + test.bad
+            counts["skipped_rows"] = len(bad)
+            if bad:
+                counts["skipped_first"] = bad[:10]
+        seen = {row.tobytes() for row in train.questions}
+        overlap = np.array([row.tobytes() in seen for row in test.questions], dtype=bool)
+        if overlap.any():
+            test = _take(test, np.nonzero(~overlap)[0])
+        counts.update({"train_puzzles": len(train.rows), "test_puzzles": len(test.rows),
+                       "test_in_train_dropped": int(overlap.sum()),
+                       "train_rating": rating_summary(train.ratings), "test_rating": rating_summary(test.ratings),
+                       "mean_givens_test": round(float((test.questions > 0).sum(1).mean()), 2)})
+        arrays = {"train_rows": train.rows, "train_questions": train.questions, "train_answers": train.answers,
+                  "train_ratings": train.ratings, "test_rows": test.rows, "test_questions": test.questions,
+                  "test_answers": test.answers, "test_ratings": test.ratings}
+        return arrays, counts
+
+    @staticmethod
+    def _tokens(grids: np.ndarray) -> torch.Tensor:
+        g = torch.from_numpy(grids.astype(np.int64))
+        return torch.where(g == 0, BLANK, g + DIGIT0 - 1)
+
+    def train_set(self) -> TrainSet:
+        a = self.arrays()
+        x, y = self._tokens(a["train_questions"]), self._tokens(a["train_answers"])
+        A = self.cfg.augmentations + 1
+        params = augmentation_params(np.random.default_rng([self.cfg.seed, 7]), len(x) * A).reshape(len(x), A, -1)
+        params[:, 0] = identity_params(len(x))
+        return AugmentedTrainSet(x, y, torch.from_numpy(params))
+
+    def eval_set(self, split: str = "test") -> EvalSet:
+        a = self.arrays()
+        ids = a[f"{split}_rows"]
+        return EvalSet(ids, self._tokens(a[f"{split}_questions"]), torch.zeros(len(ids), dtype=torch.long),
+                       self._tokens(a[f"{split}_answers"]), np.ones(len(ids), dtype=np.int64))
+
+    def reference_keys(self, split: str) -> list[set[bytes]]:
+        return [{row} for row in self.canonical(self.eval_set(split).targets.numpy())]
+
+    def verify(self, inputs: torch.Tensor, preds: torch.Tensor) -> dict[str, torch.Tensor]:
+        return verify_grids(inputs, preds)
+
+
+HASH_WEIGHTS = torch.from_numpy(np.random.default_rng(20260519).integers(1, 2 ** 62, size=81, dtype=np.int64) | 1)
+
+
+def board_hash(preds: torch.Tensor) -> torch.Tensor:
+    """[..., 81] tokens -> [...] int64 hash (a random linear form mod 2^64): equal boards, equal
+    hashes; two different boards collide with probability about 2^-62."""
+    return (preds.long() * HASH_WEIGHTS.to(preds.device)).sum(-1)
+
+
+@TASKS.register("sudoku-uncond")
+class SudokuUncond(Task):
+    """Unconditional generation of complete Sudoku boards: the input is an all-blank board and
+    the target a full solution. Metrics: `validity` (every row, column and box holds 1-9 once)
+    and `uniqueness` (distinct valid boards / valid boards) over all generated boards, plus
+    `novelty` (valid boards that are not training boards / valid boards).
+
+    The eval set is `task.eval_inputs` blank boards; with N samples each, K = eval_inputs x N
+    boards are generated (100,000 at the paper profile: 5,000 x 20)."""
+
+    name = "sudoku-uncond"
+
+    @dataclass(frozen=True)
+    class Config:
+        source: str = "csv"  # csv: answers of train.csv rows | generated: random complete grids
+        data_dir: str = field(default="", metadata={"identity": False})
+        train_boards: int = 50000
+        eval_inputs: int = 5000
+        seed: int = 0
+        bad_rows: str = "skip"
+
+        def check(self) -> None:
+            if self.source not in ("csv", "generated"):
+                raise ValueError(f"source must be csv or generated, got '{self.source}'")
+            if self.bad_rows not in ("skip", "error"):
+                raise ValueError(f"bad_rows must be skip or error, got '{self.bad_rows}'")
+            for name in ("train_boards", "eval_inputs"):
+                if getattr(self, name) < 1:
+                    raise ValueError(f"{name} must be at least 1")
+            if self.seed < 0:
+                raise ValueError("seed must be non-negative")
+
+    @classmethod
+    def model_hints(cls, cfg: "SudokuUncond.Config") -> dict:
+        return {"beta": 0.05}
+
+    def dir_name(self) -> str:
+        base = "sudoku-uncond" if self.cfg.source == "csv" else "sudoku-uncond-gen"
+        return self.hashed_name(base, self.Config(source=self.cfg.source))
+
+    @property
+    def layout(self) -> Layout:
+        return Layout(in_len=81, out_len=81, vocab=VOCAB)
+
+    def build_arrays(self, progress: Callable[[int, int], None] | None = None) -> tuple[dict, dict]:
+        c = self.cfg
+        if c.source == "generated":
+            from gram_bench.tasks.sudoku_solver import random_full_grid
+
+            boards = []
+            for i in range(c.train_boards):
+                boards.append(random_full_grid(np.random.default_rng([c.seed, i])))
+                if progress and (i + 1) % 500 == 0:
+                    progress(i + 1, c.train_boards)
+            grids = np.stack(boards).astype(np.uint8)
+            counts: dict = {"source": "generated"}
+            rows = np.arange(len(grids))
+        else:
+            d = csv_dir(c.data_dir)
+            n_rows = count_data_rows(d / "train.csv")
+            picked = pick_rows(d / "train.csv", n_rows, c.train_boards, c.seed, c.bad_rows, progress)
+            grids, rows = picked.answers, picked.rows
+            from gram_bench.harness.io import sha256_file
+
+            counts = {"source": "csv", "csv_dir": str(d.resolve()), "train_sha256": sha256_file(d / "train.csv"),
+                      "skipped_rows": len(picked.bad)}
+        _, first = np.unique(grids, axis=0, return_index=True)
+        first = np.sort(first)
+        counts.update({"train_boards": len(first), "duplicate_boards_dropped": len(grids) - len(first)})
+        return {"train_rows": rows[first], "train_boards": grids[first]}, counts
+
+    def _boards(self) -> torch.Tensor:
+        g = torch.from_numpy(self.arrays()["train_boards"].astype(np.int64))
+        return g + DIGIT0 - 1
+
+    def train_set(self) -> TrainSet:
+        y = self._boards()
+        return TrainSet(torch.full_like(y, BLANK), y, torch.zeros(len(y), dtype=torch.long))
+
+    def eval_set(self, split: str = "test") -> EvalSet:
+        """`eval_inputs` blank boards; the stored target (the first training board) is only a
+        placeholder: generation has no reference answer, so `exact_*` is not meaningful."""
+        n = self.cfg.eval_inputs
+        y = self._boards()[:1].expand(n, 81)
+        return EvalSet(np.arange(n), torch.full((n, 81), BLANK, dtype=torch.long), torch.zeros(n, dtype=torch.long),
+                       y.clone(), np.zeros(n, dtype=np.int64))
+
+    def verify(self, inputs: torch.Tensor, preds: torch.Tensor) -> dict[str, torch.Tensor]:
+        """valid, conflicts, board_hash and in_train [B, N]."""
+        out = verify_grids(None, preds)
+        out.pop("keeps_clues")
+        h = board_hash(preds)
+        if not hasattr(self, "_train_hashes"):
+            self._train_hashes = board_hash(self._boards())
+        out["board_hash"] = h
+        out["in_train"] = torch.isin(h, self._train_hashes.to(h.device))
+        return out
