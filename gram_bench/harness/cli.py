@@ -239,6 +239,25 @@ def eval_cmd(run_dir: Path = typer.Argument(..., help="A run directory (runs/<ta
                  data_root=default_data_dir(data_dir), console=console)
 
 
+@app.command()
+@handle_errors
+def scale(run_dir: Path = typer.Argument(..., help="A run directory (runs/<task>/<model>/<run-id>)."),
+          samples: str = typer.Option("1,5,10,20", "--samples", help="Widths N, comma-separated."),
+          steps: str = typer.Option(..., "--steps", help="Depths (supervision steps), comma-separated, e.g. 8,16,32."),
+          limit: Optional[int] = typer.Option(None, "--limit", help="Evaluate this many test inputs (0 = all)."),
+          device: str = typer.Option("auto", "--device"),
+          data_dir: Optional[Path] = typer.Option(None, "--data-dir")):
+    """Width x depth scaling grid: one evaluation per depth at the largest N (smaller N from its
+    first samples), every cell with vote / LPRM / first accuracy and CIs in eval/scaling.json,
+    and accuracy-vs-depth plots per N in plots/."""
+    from gram_bench.harness.scaling import scale_run
+
+    if limit is not None and limit < 0:
+        raise UsageError(f"--limit must be 0 (all) or positive, got {limit}.")
+    scale_run(run_dir, parse_ints(samples, "--samples"), parse_ints(steps, "--steps", example="8,16,32"),
+              limit=limit, device_name=device, data_root=default_data_dir(data_dir), console=console)
+
+
 # ----------------------------------------------------------------------------- tables, leaderboard, plots
 
 

@@ -178,3 +178,38 @@ def plot(kind: str, run_dirs: list[Path], out: Path, select: str = "vote") -> li
         fig.savefig(p, dpi=150)
     plt.close(fig)
     return paths
+
+
+def plot_grid(cells: list[dict], rule: str, out: Path, title: str = "") -> list[Path]:
+    """Accuracy vs supervision steps, one line per width N, with 95% CI bands, from the cells
+    of a scaling grid (`gram_bench.harness.scaling`); writes out.png and out.svg."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    sns.set_theme(style="whitegrid", context="paper")
+    key = f"accuracy_{rule}"
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    widths = sorted({c["samples"] for c in cells})
+    colors = sns.color_palette("viridis", len(widths))
+    for color, n in zip(colors, widths):
+        pts = sorted((c["steps"], c["metrics"][key]) for c in cells if c["samples"] == n and key in c["metrics"])
+        if not pts:
+            continue
+        x = [d for d, _ in pts]
+        ax.plot(x, [100 * m["value"] for _, m in pts], marker="o", color=color, label=f"N={n}")
+        ax.fill_between(x, [100 * m["ci_low"] for _, m in pts], [100 * m["ci_high"] for _, m in pts],
+                        color=color, alpha=0.15)
+    ax.set(xscale="log", xlabel="supervision steps (depth)", ylabel=f"accuracy ({rule}) %", title=title)
+    ax.set_xticks(sorted({c["steps"] for c in cells}), [str(d) for d in sorted({c["steps"] for c in cells})])
+    ax.legend(title="samples")
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    paths = [out.with_suffix(".png"), out.with_suffix(".svg")]
+    for p in paths:
+        fig.savefig(p, dpi=150)
+    plt.close(fig)
+    return paths
