@@ -389,3 +389,16 @@ def test_table_cli(cli, synthetic, tmp_path):
     assert res.exit_code == 2 and res.text.startswith("error:"), res.output
     res = cli("table", "multi-solution", "--runs-dir", tmp_path / "nope")
     assert res.exit_code == 2 and "does not exist" in res.text and "Traceback" not in res.output
+
+
+def test_cells_on_a_test_subset_are_named_in_the_notes():
+    from gram_bench.leaderboards.tables import Cell, Col, Row, _notes
+
+    rows = [Row("a", "A", "gram"), Row("b", "B", "mdlm")]
+    cols = [Col("acc", "NQ8 Acc", "nqueens-8", "accuracy_vote")]
+    cells = {("a", "acc"): Cell(0.5, 0.4, 0.6, 1, "cpu", ["r1"], n=773),
+             ("b", "acc"): Cell(0.3, 0.2, 0.4, 1, "cpu", ["r2"], n=256)}
+    notes = _notes(cells, rows, cols, [])
+    assert any("NQ8 Acc: evaluated on a seeded subset" in n and "B (256)" in n and "on 773" in n for n in notes)
+    cells[("b", "acc")].n = 773
+    assert not any("seeded subset" in n for n in _notes(cells, rows, cols, []))

@@ -60,6 +60,7 @@ class Cell:
     profile: str | None = None
     runs: list = field(default_factory=list)
     paper: object = None
+    n: int | None = None  # test inputs behind the value (the smallest over seeds)
 
 
 @dataclass
@@ -209,11 +210,12 @@ def compute_cell(df: pd.DataFrame, row: Row, col: Col, profile: str | None) -> C
     if not values:
         return Cell()
     runs = list(sel["run_dir"])
+    n = int(sel["n"].min()) if sel["n"].notna().any() else None
     if len(values) == 1:
         v, lo, hi = values[0]
-        return Cell(v, lo, hi, 1, profile, runs)
+        return Cell(v, lo, hi, 1, profile, runs, n=n)
     si = seed_interval([v[0] for v in values])
-    return Cell(si["mean"], si["low"], si["high"], len(values), profile, runs)
+    return Cell(si["mean"], si["low"], si["high"], len(values), profile, runs, n=n)
 
 
 def _notes(cells: dict, rows: list[Row], cols: list[Col], extra: list[str]) -> list[str]:
@@ -231,6 +233,13 @@ def _notes(cells: dict, rows: list[Row], cols: list[Col], extra: list[str]) -> l
                                                     ", ".join(where)) + ".")
     if not by:
         notes.append("no runs found for this table yet.")
+    for c in cols:  # a cell computed on fewer test inputs than the rest of its column
+        ns = {r.key: cells[(r.key, c.key)].n for r in rows if cells[(r.key, c.key)].n}
+        full = max(ns.values(), default=0)
+        small = [f"{r.label} ({ns[r.key]})" for r in rows if r.key in ns and ns[r.key] < full]
+        if small:
+            notes.append(f"{c.label}: evaluated on a seeded subset of the test inputs for " + ", ".join(small)
+                         + f"; the other cells on {full}.")
     notes.append(f"paper: {paper.SOURCE}; its ± is the paper's spread over its own runs.")
     return notes + extra
 
@@ -266,6 +275,8 @@ def multi_solution(df: pd.DataFrame, profile: str | None = None, select: str = "
                  Col(f"{short}_cov", f"GC{n} Cov", ds, "coverage")]
     models = ["direct", "looped-tf", "hrm", "trm", "ar", "mdlm", "gram"]
     rows = [Row(m, LABELS[m], m) for m in models]
+    rows[-1:-1] = [Row("d3pm-uniform", "D3PM-uniform", "d3pm"),
+                   Row("d3pm-absorbing", "D3PM-absorbing", "d3pm", match={"transition": "absorbing"})]
     return _table("multi-solution", "Multi-solution CSPs (Table 1): accuracy, coverage@N, conflicts", rows, cols,
                   lambda r, c: paper.MULTI_SOLUTION.get(r.model, {}).get(c.key), df, profile,
                   [f"accuracy = the {select}-selected answer satisfies every constraint; coverage = distinct "
