@@ -30,6 +30,7 @@ class Model(nn.Module):
     name: ClassVar[str]
     Config: ClassVar[type]
     stochastic: ClassVar[bool] = False  # do samples of one input differ?
+    ema_exclude: ClassVar[tuple[str, ...]] = ()  # state_dict key prefixes/suffixes the EMA leaves out
 
     def __init__(self, cfg: Any, layout: Any):
         super().__init__()
@@ -57,6 +58,10 @@ class Model(nn.Module):
     def num_params(self) -> int:
         return count_params(self)
 
+    def sparse_step(self, lr_scale: float) -> None:
+        """Update state trained outside the optimizer, after `opt.step()`; `lr_scale` is the
+        schedule's lr over the base lr. None here."""
+
 
 class RecursiveModel(Model):
     """Deep supervision with a carried latent state and ACT halting (HRM/TRM/GRAM).
@@ -67,13 +72,18 @@ class RecursiveModel(Model):
     logit is positive (`halting=bce`, TRM: q_halt is trained by BCE on exact correctness) or
     exceeds the continue logit (`halting=q_learning`, HRM: q_continue is trained towards the
     next step's Q value, one extra no-grad forward), after a random minimum number of steps
-    with probability `halt_exploration`. Subclasses define the state and one supervision step."""
+    with probability `halt_exploration`. Subclasses define the state and one supervision step.
+
+    With several puzzle ids the puzzle embedding is a sparse table (see `InputEmbedding`)
+    updated by `sparse_step` with sign-SGD, outside the optimizer and the EMA."""
+
+    ema_exclude = ("embed.puzzle_table",)
 
     def __init__(self, cfg: Any, layout: Any):
         super().__init__(cfg, layout)
         D = cfg.hidden
         self.seq_len = cfg.prefix + max(layout.in_len, layout.out_len)
-        self.embed = InputEmbedding(layout.vocab, D, cfg.prefix, layout.n_puzzle_ids)
+        self.embed = InputEmbedding(layout.vocab, D, cfg.prefix, layout.n_puzzle_ids, cfg.puzzle_dim or D)
         self.lm_head = Linear(D, layout.vocab)
         # Halting and value heads read the first position (detached from the core with detach_heads).
         n_q = 2 if cfg.halting == "q_learning" else 1  # (q_halt, q_continue) or q_halt
@@ -104,6 +114,11 @@ class RecursiveModel(Model):
     @property
     def default_steps(self) -> int:
         return self.cfg.n_sup
+
+    def sparse_step(self, lr_scale: float) -> None:
+        """Sign-SGD on the puzzle-embedding rows of the last training batch (lr `puzzle_lr` x
+        `lr_scale`, decoupled weight decay `puzzle_wd`); a no-op with a dense embedding."""
+        self.embed.sparse_step(self.cfg.puzzle_lr * lr_scale, self.cfg.puzzle_wd)
 
     def embed_inputs(self, inputs: torch.Tensor, puzzle_ids: torch.Tensor) -> torch.Tensor:
         return self.embed(pad_to(inputs, self.seq_len - self.cfg.prefix), puzzle_ids)
@@ -214,6 +229,9 @@ class RecursiveConfig:
     ffn_hidden: int = 1536
     n_sup: int = 16  # supervision steps
     prefix: int = 16  # puzzle-embedding tokens; the heads read position 0
+    puzzle_dim: int = 0  # values per puzzle id in the sparse table (several ids only); 0 = hidden
+    puzzle_lr: float = 1e-2  # sign-SGD lr of the sparse puzzle table (TRM's ARC setting)
+    puzzle_wd: float = 0.1  # its decoupled weight decay
     rope_theta: float = 10000.0
     mixer: str = "attention"  # sequence mixing in the core: attention | mlp (TRM-MLP, fixed length)
     ce_reduce: str = "mean"  # per-example CE: mean over answer tokens (TRM) | sum
@@ -237,6 +255,11 @@ class RecursiveConfig:
             raise ValueError(f"{', '.join(low)} must be at least 1")
         if self.prefix < 1:
             raise ValueError("prefix must be at least 1 (the heads read position 0)")
+        if not 0 <= self.puzzle_dim <= self.prefix * self.hidden:
+            raise ValueError(f"puzzle_dim must be in [0, prefix * hidden = {self.prefix * self.hidden}] "
+                             f"(0 = hidden), got {self.puzzle_dim}")
+        if self.puzzle_lr < 0 or self.puzzle_wd < 0:
+            raise ValueError("puzzle_lr and puzzle_wd must be non-negative")
         check_choices(self, mixer=MIXERS, ce_reduce=("sum", "mean"), halting=("bce", "q_learning"),
                       decode=("argmax", "sample"), init=("fixed", "random"))
         if not 0 <= self.halt_exploration <= 1:

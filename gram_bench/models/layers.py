@@ -166,23 +166,60 @@ class Stack(nn.Module):
 class InputEmbedding(nn.Module):
     """Token embedding scaled by sqrt(D), preceded by `prefix` learned puzzle-embedding tokens.
 
-    inputs [B, L] -> [B, prefix + L, D]. The puzzle embedding is zero-initialised (TRM)."""
+    inputs [B, L] -> [B, prefix + L, D]. The puzzle embedding is zero-initialised (TRM).
 
-    def __init__(self, vocab: int, dim: int, prefix: int, n_puzzle_ids: int = 1):
+    With one puzzle id, or `puzzle_dim=None`, it is a dense `nn.Embedding(ids, prefix * D)`
+    trained by the optimizer. With `puzzle_dim` set and several ids it is TRM's sparse
+    embedding: a persistent fp32 buffer `puzzle_table` [ids, puzzle_dim], each vector
+    zero-padded to prefix * D and viewed as [prefix, D]. A training forward with grad copies
+    the batch's rows into a leaf that requires grad; `sparse_step` then updates only those
+    rows by sign-SGD (one training forward per step: a second one replaces the saved rows)."""
+
+    def __init__(self, vocab: int, dim: int, prefix: int, n_puzzle_ids: int = 1, puzzle_dim: int | None = None):
         super().__init__()
         self.dim, self.prefix, self.scale = dim, prefix, math.sqrt(dim)
         self.tok = nn.Embedding(vocab, dim)
         trunc_normal_(self.tok.weight, 1.0 / math.sqrt(dim))
-        self.puzzle = nn.Embedding(max(n_puzzle_ids, 1), prefix * dim) if prefix > 0 else None
-        if self.puzzle is not None:
+        self.puzzle: nn.Embedding | None = None
+        self.sparse = False
+        self._saved: tuple[torch.Tensor, torch.Tensor] | None = None  # (ids, rows) of the last training forward
+        if prefix > 0 and n_puzzle_ids > 1 and puzzle_dim is not None:
+            if not 1 <= puzzle_dim <= prefix * dim:
+                raise ValueError(f"puzzle_dim must be in [1, prefix * hidden = {prefix * dim}], got {puzzle_dim}")
+            self.sparse = True
+            self.register_buffer("puzzle_table", torch.zeros(n_puzzle_ids, puzzle_dim))
+        elif prefix > 0:
+            self.puzzle = nn.Embedding(max(n_puzzle_ids, 1), prefix * dim)
             nn.init.zeros_(self.puzzle.weight)
 
     def forward(self, inputs: torch.Tensor, puzzle_ids: torch.Tensor) -> torch.Tensor:
         x = self.scale * self.tok(inputs)
-        if self.puzzle is None:
+        if self.sparse:
+            rows = self.puzzle_table[puzzle_ids]
+            if self.training and torch.is_grad_enabled():
+                rows.requires_grad_()
+                self._saved = (puzzle_ids, rows)
+            flat = F.pad(rows, (0, self.prefix * self.dim - rows.shape[-1]))
+        elif self.puzzle is not None:
+            flat = self.puzzle(puzzle_ids)
+        else:
             return x
-        pre = self.puzzle(puzzle_ids).view(-1, self.prefix, self.dim).to(x.dtype)
-        return torch.cat([pre, x], dim=1)
+        return torch.cat([flat.view(-1, self.prefix, self.dim).to(x.dtype), x], dim=1)
+
+    @torch.no_grad()
+    def sparse_step(self, lr: float, weight_decay: float) -> None:
+        """Sign-SGD with decoupled weight decay on the rows of the last training forward:
+        w <- w * (1 - lr * wd) - lr * sign(sum of the row's gradients in the batch). Then
+        forgets them; a no-op without saved rows or without their gradient."""
+        saved, self._saved = self._saved, None
+        if saved is None or saved[1].grad is None:
+            return
+        ids, rows = saved
+        uniq, inv = ids.unique(return_inverse=True)
+        grad = torch.zeros(len(uniq), rows.shape[1], dtype=rows.grad.dtype, device=rows.device)
+        grad.index_add_(0, inv, rows.grad)
+        w = self.puzzle_table[uniq]
+        self.puzzle_table[uniq] = w.mul_(1 - lr * weight_decay).add_(grad.sign_(), alpha=-lr)
 
 
 def pad_to(x: torch.Tensor, length: int) -> torch.Tensor:
