@@ -44,7 +44,7 @@ def evaluate(model, task, *, samples: int, steps: int, split: str = "test", limi
             x = es.inputs[sl].to(device)
             with autocast(device, bf16):
                 out = model.sample(x, es.puzzle_ids[sl].to(device), samples, steps)
-            fields = {k: v.cpu().numpy() for k, v in task.verify(x, out.preds).items()}
+            fields = {k: v.cpu().numpy() for k, v in task.verify(x, out.preds, es.ids[sl]).items()}
             preds = out.preds.cpu().numpy()
             exact = (out.preds == es.targets[sl].to(device).unsqueeze(1)).all(-1).cpu().numpy()
             keys = [task.canonical(p) for p in preds]
@@ -67,7 +67,7 @@ def evaluate(model, task, *, samples: int, steps: int, split: str = "test", limi
         "answers_per_second": round(len(records) * samples / max(elapsed, 1e-9), 2),
         "flops_per_answer": flops,
         "calls_per_answer": model.calls_per_answer(steps),
-        "metrics": summarize(records, seed=0),
+        "metrics": {**summarize(records, seed=0), **task.extra_metrics(records)},
     }
     return records, summary
 

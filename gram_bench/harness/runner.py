@@ -78,12 +78,14 @@ class EpochSampler:
 
 class EMA:
     """Exponential moving average of parameters, with the warm-up-corrected decay
-    min(decay, (1 + t) / (10 + t))."""
+    min(decay, (1 + t) / (10 + t)). State keys that start or end with one of the model's
+    `ema_exclude` entries (e.g. a sparse puzzle table) have no shadow: `applied` keeps them live."""
 
     def __init__(self, model: torch.nn.Module, decay: float):
         self.decay = decay
+        skip = tuple(getattr(model, "ema_exclude", ()))
         self.shadow = {k: v.detach().float().clone() for k, v in model.state_dict().items()
-                       if v.dtype.is_floating_point}
+                       if v.dtype.is_floating_point and not (k.startswith(skip) or k.endswith(skip))}
 
     @torch.no_grad()
     def update(self, model: torch.nn.Module, step: int) -> None:
@@ -109,8 +111,14 @@ def lr_at(step: int, cfg) -> float:
     return cfg.lr
 
 
-def build(cfg: RunConfig, data_root: Path, device: torch.device):
+def build(cfg: RunConfig, data_root: Path, device: torch.device, console: Console | None = None):
+    """The task (its data built first when `console` is given: a layout may depend on the data,
+    e.g. ARC's number of puzzle ids) and the model, initialised from the run's seed."""
     task = TASKS.get(cfg.task_name)(cfg.task, data_root)
+    if console is not None:
+        ensure_data(task, console)
+    else:
+        task.verify_files()
     torch.manual_seed(cfg.seed)
     model = MODELS.get(cfg.model_name)(cfg.model, task.layout).to(device)
     return task, model
@@ -153,8 +161,7 @@ def run(cfg: RunConfig, runs_dir: Path = Path("runs"), data_root: Path = Path("d
                              f"or --force to start over.")
     if force and rdir.exists():
         shutil.rmtree(rdir)
-    task, model = build(cfg, data_root, device)
-    ensure_data(task, console)
+    task, model = build(cfg, data_root, device, console)
     rdir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, rdir / "config.yaml")
     env = env_record(device, bf16)
@@ -265,6 +272,7 @@ def train(cfg: RunConfig, task, model, rdir: Path, device: torch.device, bf16: b
                     raise RunFailed(f"non-finite {', '.join(bad)} at step {step + 1}; the last good checkpoint "
                                     f"is kept")
             opt.step()
+            model.sparse_step(lr / tc.lr)
             if ema is not None:
                 ema.update(model, step)
             step += 1
@@ -337,6 +345,8 @@ def final_eval(cfg: RunConfig, task, model, rdir: Path, device, bf16, console: C
     summary["model_params"] = model.num_params()
     summary["ema"] = ema_state is not None
     path = write_eval(rdir, name, records, summary, selection)
+    for extra in task.write_artifacts(rdir / "eval", name, records):
+        console.print(f"wrote {escape(str(extra))}")
     print_summary(console, summary, title=f"{cfg.task_name} x {cfg.model_name} ({rdir.name}) -> {path}")
     return summary
 
@@ -400,7 +410,6 @@ def evaluate_run(run_dir: Path, widths: list[int], depths: list[int], *, select:
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     task, model = build(cfg, data_root, device)
-    task.verify_files()
     out = []
     for n in widths or [cfg.eval.samples]:
         for d in depths or [cfg.eval.steps or model.default_steps]:

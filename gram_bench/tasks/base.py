@@ -213,9 +213,21 @@ class Task:
     def eval_set(self, split: str = "test") -> EvalSet:
         raise NotImplementedError
 
-    def verify(self, inputs: torch.Tensor, preds: torch.Tensor) -> dict[str, torch.Tensor]:
-        """inputs [B, in_len], preds [B, N, out_len] -> fields [B, N]; must include `valid`."""
+    def verify(self, inputs: torch.Tensor, preds: torch.Tensor, ids: np.ndarray | None = None
+               ) -> dict[str, torch.Tensor]:
+        """inputs [B, in_len], preds [B, N, out_len] -> integer fields [B, N]; must include `valid`.
+        `ids` are the eval rows' example ids, for tasks whose rows need more than their tokens
+        (e.g. ARC: which augmentation to invert)."""
         raise NotImplementedError
+
+    def extra_metrics(self, records: list[dict]) -> dict[str, dict]:
+        """Task-level metrics over groups of records (e.g. ARC's pass@k over augmented views of
+        one test input), each {value, ci_low, ci_high, n}; computed from the records alone."""
+        return {}
+
+    def write_artifacts(self, eval_dir: Path, name: str, records: list[dict]) -> list[Path]:
+        """Extra files an evaluation leaves beside eval/<name>.json (e.g. ARC's submission)."""
+        return []
 
     def canonical(self, preds: np.ndarray) -> list[bytes]:
         """[M, out_len] -> a hashable key per answer; equal keys = the same solution."""

@@ -191,7 +191,8 @@ class GraphColoring(Task):
         return [set(self.canonical(c)) for c in self.completions(split)]
 
     # ---- verifier
-    def verify(self, inputs: torch.Tensor, preds: torch.Tensor) -> dict[str, torch.Tensor]:
+    def verify(self, inputs: torch.Tensor, preds: torch.Tensor, ids: np.ndarray | None = None
+               ) -> dict[str, torch.Tensor]:
         """inputs [B, E], preds [B, N, n] -> valid, colored, conflicts: [B, N].
 
         `conflicts` counts edges whose ends share a color or are not both colored; `valid`

@@ -135,7 +135,8 @@ class NQueens(Task):
         return [set(self.canonical(c)) for c in self.completions(split)]
 
     # ---- verifier
-    def verify(self, inputs: torch.Tensor, preds: torch.Tensor) -> dict[str, torch.Tensor]:
+    def verify(self, inputs: torch.Tensor, preds: torch.Tensor, ids: np.ndarray | None = None
+               ) -> dict[str, torch.Tensor]:
         """inputs [B, L], preds [B, N, L] -> valid, keeps_clues, queens, conflicts: [B, N].
 
         `conflicts` counts attacking queen pairs (rows, columns, both diagonals)."""

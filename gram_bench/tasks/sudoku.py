@@ -438,7 +438,8 @@ class SudokuExtreme(Task):
     def reference_keys(self, split: str) -> list[set[bytes]]:
         return [{row} for row in self.canonical(self.eval_set(split).targets.numpy())]
 
-    def verify(self, inputs: torch.Tensor, preds: torch.Tensor) -> dict[str, torch.Tensor]:
+    def verify(self, inputs: torch.Tensor, preds: torch.Tensor, ids: np.ndarray | None = None
+               ) -> dict[str, torch.Tensor]:
         return verify_grids(inputs, preds)
 
 
@@ -538,7 +539,8 @@ class SudokuUncond(Task):
         return EvalSet(np.arange(n), torch.full((n, 81), BLANK, dtype=torch.long), torch.zeros(n, dtype=torch.long),
                        y.clone(), np.zeros(n, dtype=np.int64))
 
-    def verify(self, inputs: torch.Tensor, preds: torch.Tensor) -> dict[str, torch.Tensor]:
+    def verify(self, inputs: torch.Tensor, preds: torch.Tensor, ids: np.ndarray | None = None
+               ) -> dict[str, torch.Tensor]:
         """valid, conflicts, board_hash and in_train [B, N]."""
         out = verify_grids(None, preds)
         out.pop("keeps_clues")
