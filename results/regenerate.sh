@@ -14,23 +14,34 @@ done
 gram-bench leaderboard export --runs-dir results/runs -o results/LEADERBOARD.md
 for f in markdown latex csv; do
   ext=$([ $f = markdown ] && echo md || ([ $f = latex ] && echo tex || echo csv))
-  gram-bench table multi-solution --runs-dir results/runs --format $f -o results/tables/multi-solution.$ext
+  for t in multi-solution structured sudoku-gen; do
+    gram-bench table $t --runs-dir results/runs --format $f -o results/tables/$t.$ext
+  done
   gram-bench table ablation --dataset graph-coloring-8 --runs-dir results/runs --format $f \
     -o results/tables/ablation-graph-coloring-8.$ext
-  gram-bench table scaling --dataset graph-coloring-8 --runs-dir results/runs --format $f \
-    -o results/tables/scaling-graph-coloring-8.$ext
+  for ds in graph-coloring-8 sudoku-extreme-gen; do
+    gram-bench table scaling --dataset $ds --runs-dir results/runs --format $f -o results/tables/scaling-$ds.$ext
+  done
 done
-# the profile's own runs (no training overrides) of 8-node graph coloring
-gc=$(python - <<'PY'
-import glob, yaml
+# the profile's own runs (no training overrides) of one task, one per model
+own_runs() {
+  python - "$1" <<'PY'
+import glob, sys, yaml
 from gram_bench.leaderboards.load import training_overrides
-for d in sorted(glob.glob("results/runs/graph-coloring/*/cpu-seed0-*")):
-    if not training_overrides(yaml.safe_load(open(d + "/config.yaml")).get("overrides") or {}):
+for d in sorted(glob.glob(f"results/runs/{sys.argv[1]}/*/cpu-seed0-*")):
+    cfg = yaml.safe_load(open(d + "/config.yaml"))
+    if not training_overrides(cfg.get("overrides") or {}) and cfg["task"].get("n", 8) == 8:
         print(d)
 PY
-)
-gram-bench plot curves $gc -o results/plots/graph-coloring-8-curves.png
-gram-bench plot solutions $gc -o results/plots/graph-coloring-8-solutions.png
-gram=$(echo "$gc" | grep /gram/)
-gram-bench plot scaling $gram -o results/plots/graph-coloring-8-gram-scaling.png
-gram-bench plot coverage $gc -o results/plots/graph-coloring-8-coverage.png
+}
+for task in graph-coloring nqueens; do
+  runs=$(own_runs $task)
+  name=$([ $task = nqueens ] && echo nqueens-8 || echo graph-coloring-8)
+  gram-bench plot curves $runs -o results/plots/$name-curves.png
+  gram-bench plot solutions $runs -o results/plots/$name-solutions.png
+  gram-bench plot coverage $runs -o results/plots/$name-coverage.png
+done
+gram-bench plot scaling $(own_runs graph-coloring | grep /gram/) -o results/plots/graph-coloring-8-gram-scaling.png
+sx=$(own_runs sudoku-extreme | grep /gram/ || true)
+[ -n "$sx" ] && gram-bench plot scaling $sx -o results/plots/sudoku-extreme-gen-gram-scaling.png
+exit 0
