@@ -22,7 +22,8 @@ from gram_bench.harness.io import atomic_write_json
 from gram_bench.metrics.records import truncate
 from gram_bench.metrics.summary import summarize
 
-GRID_METRICS = ("accuracy_vote", "accuracy_lprm", "accuracy_first", "accuracy_oracle", "exact_vote", "exact_lprm")
+GRID_METRICS = ("accuracy_vote", "accuracy_lprm", "accuracy_first", "accuracy_oracle", "exact_vote", "exact_lprm",
+                "conflicts_mean")  # conflicts still move when accuracy is 0
 
 
 def grid_cells(eval_files: list[Path], widths: list[int]) -> list[dict]:
