@@ -170,14 +170,7 @@ def plot(kind: str, run_dirs: list[Path], out: Path, select: str = "vote") -> li
         for ax, q in zip(axes[0], qs):
             sns.lineplot(df[df["quantity"] == q], x="step", y="value", hue="run", ax=ax, legend=ax is axes[0][0])
             ax.set(title=q, ylabel="")
-    fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    paths = [out.with_suffix(".png"), out.with_suffix(".svg")]
-    for p in paths:
-        fig.savefig(p, dpi=150)
-    plt.close(fig)
-    return paths
+    return _save(fig, out)
 
 
 def plot_grid(cells: list[dict], rule: str, out: Path, title: str = "") -> list[Path]:
@@ -205,6 +198,13 @@ def plot_grid(cells: list[dict], rule: str, out: Path, title: str = "") -> list[
     ax.set(xscale="log", xlabel="supervision steps (depth)", ylabel=f"accuracy ({rule}) %", title=title)
     ax.set_xticks(sorted({c["steps"] for c in cells}), [str(d) for d in sorted({c["steps"] for c in cells})])
     ax.legend(title="samples")
+    return _save(fig, out)
+
+
+def _save(fig, out: Path) -> list[Path]:
+    """Write a figure as out.png and out.svg (creating the folder) and close it."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -334,8 +334,23 @@ def verify_grids(inputs: torch.Tensor | None, preds: torch.Tensor) -> dict[str, 
 # ----------------------------------------------------------------------------- tasks
 
 
+class SudokuTask(Task):
+    """What both Sudoku tasks share: 81 cells, vocabulary 11, and the dataset name."""
+
+    def dir_name(self) -> str:
+        """`<name>` (the real data) or `<name>-gen` (the offline generator), plus a config hash
+        when any other setting differs from its default: generated data never shares a name
+        with the real benchmark."""
+        base = self.name if self.cfg.source == "csv" else f"{self.name}-gen"
+        return self.hashed_name(base, self.Config(source=self.cfg.source))
+
+    @property
+    def layout(self) -> Layout:
+        return Layout(in_len=81, out_len=81, vocab=VOCAB)
+
+
 @TASKS.register("sudoku-extreme")
-class SudokuExtreme(Task):
+class SudokuExtreme(SudokuTask):
     name = "sudoku-extreme"
 
     @dataclass(frozen=True)
@@ -363,17 +378,6 @@ class SudokuExtreme(Task):
     @classmethod
     def model_hints(cls, cfg: "SudokuExtreme.Config") -> dict:
         return {"beta": 0.1}
-
-    def dir_name(self) -> str:
-        """`sudoku-extreme` (the real data) or `sudoku-extreme-gen` (the offline generator), plus
-        a config hash when any other setting differs from its default: generated puzzles never
-        share a name with the real benchmark."""
-        base = "sudoku-extreme" if self.cfg.source == "csv" else "sudoku-extreme-gen"
-        return self.hashed_name(base, self.Config(source=self.cfg.source))
-
-    @property
-    def layout(self) -> Layout:
-        return Layout(in_len=81, out_len=81, vocab=VOCAB)
 
     # ---- data
     def build_arrays(self, progress: Callable[[int, int], None] | None = None) -> tuple[dict, dict]:
@@ -453,7 +457,7 @@ def board_hash(preds: torch.Tensor) -> torch.Tensor:
 
 
 @TASKS.register("sudoku-uncond")
-class SudokuUncond(Task):
+class SudokuUncond(SudokuTask):
     """Unconditional generation of complete Sudoku boards: the input is an all-blank board and
     the target a full solution. Metrics: `validity` (every row, column and box holds 1-9 once)
     and `uniqueness` (distinct valid boards / valid boards) over all generated boards, plus
@@ -487,14 +491,6 @@ class SudokuUncond(Task):
     @classmethod
     def model_hints(cls, cfg: "SudokuUncond.Config") -> dict:
         return {"beta": 0.05}
-
-    def dir_name(self) -> str:
-        base = "sudoku-uncond" if self.cfg.source == "csv" else "sudoku-uncond-gen"
-        return self.hashed_name(base, self.Config(source=self.cfg.source))
-
-    @property
-    def layout(self) -> Layout:
-        return Layout(in_len=81, out_len=81, vocab=VOCAB)
 
     def build_arrays(self, progress: Callable[[int, int], None] | None = None) -> tuple[dict, dict]:
         c = self.cfg
