@@ -14,7 +14,7 @@ done
 gram-bench leaderboard export --runs-dir results/runs -o results/LEADERBOARD.md
 for f in markdown latex csv; do
   ext=$([ $f = markdown ] && echo md || ([ $f = latex ] && echo tex || echo csv))
-  for t in multi-solution structured sudoku-gen; do
+  for t in multi-solution structured sudoku-gen mnist; do
     gram-bench table $t --runs-dir results/runs --format $f -o results/tables/$t.$ext
   done
   gram-bench table ablation --dataset graph-coloring-8 --runs-dir results/runs --format $f \
@@ -44,4 +44,10 @@ done
 gram-bench plot scaling $(own_runs graph-coloring | grep /gram/) -o results/plots/graph-coloring-8-gram-scaling.png
 sx=$(own_runs sudoku-extreme | grep /gram/ || true)
 [ -n "$sx" ] && gram-bench plot scaling $sx -o results/plots/sudoku-extreme-gen-gram-scaling.png
+# MNIST sample grids (written by every mnist eval)
+for f in results/runs/mnist/*/cpu-seed0-*/eval/*.samples.png; do
+  [ -e "$f" ] || continue
+  model=$(basename "$(dirname "$(dirname "$(dirname "$f")")")")
+  cp "$f" "results/plots/mnist-$model-$(basename "$f" .samples.png).png"
+done
 exit 0

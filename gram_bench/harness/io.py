@@ -30,6 +30,11 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write `data` to `path` atomically (a temp file in the same directory, fsync, rename)."""
+    _atomic_write_bytes(path, data)
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     _atomic_write_bytes(path, text.encode())
 

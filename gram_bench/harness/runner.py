@@ -111,9 +111,24 @@ def lr_at(step: int, cfg) -> float:
     return cfg.lr
 
 
+def check_fit(task_name: str, model_name: str) -> None:
+    """Refuse a model that cannot work on a task: image tasks need a model that writes images
+    (`Model.supports_image`), image-only models (the VAE) need an image task (`Task.images`)."""
+    image = TASKS.get(task_name).images
+
+    def fits(name: str) -> bool:
+        cls = MODELS.get(name)
+        return cls.supports_image if image else not cls.image_only
+
+    if not fits(model_name):
+        raise UsageError(f"Model '{model_name}' cannot {'generate images' if image else 'solve token tasks'} "
+                         f"(task '{task_name}'); use one of: {', '.join(n for n in MODELS.names() if fits(n))}.")
+
+
 def build(cfg: RunConfig, data_root: Path, device: torch.device, console: Console | None = None):
     """The task (its data built first when `console` is given: a layout may depend on the data,
     e.g. ARC's number of puzzle ids) and the model, initialised from the run's seed."""
+    check_fit(cfg.task_name, cfg.model_name)
     task = TASKS.get(cfg.task_name)(cfg.task, data_root)
     if console is not None:
         ensure_data(task, console)
@@ -200,16 +215,21 @@ def run(cfg: RunConfig, runs_dir: Path = Path("runs"), data_root: Path = Path("d
     return rdir
 
 
+def make_optimizer(model: torch.nn.Module, tc, device: torch.device) -> torch.optim.Optimizer:
+    """AdamW with weight decay on matrices outside the embeddings (fused on CUDA)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (decay if p.ndim >= 2 and "embed" not in name else no_decay).append(p)
+    return torch.optim.AdamW([{"params": decay, "weight_decay": tc.weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}],
+                             lr=tc.lr, betas=(tc.beta1, tc.beta2), fused=device.type == "cuda")
+
+
 def train(cfg: RunConfig, task, model, rdir: Path, device: torch.device, bf16: bool, console: Console) -> None:
     tc = cfg.train
     data = task.train_set().to(device)
     sampler = EpochSampler(len(data), cfg.seed)
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        (decay if p.ndim >= 2 and "embed" not in name else no_decay).append(p)
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": tc.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}],
-                            lr=tc.lr, betas=(tc.beta1, tc.beta2), fused=device.type == "cuda")
+    opt = make_optimizer(model, tc, device)
     ema = EMA(model, tc.ema) if tc.ema > 0 else None
     step, carry, elapsed_before = 0, None, 0.0
     ckpt_path = rdir / "checkpoint.pt"
@@ -354,14 +374,15 @@ def final_eval(cfg: RunConfig, task, model, rdir: Path, device, bf16, console: C
 def print_summary(console: Console, summary: dict, title: str = "") -> None:
     from rich.table import Table
 
+    from gram_bench.metrics.summary import is_fraction
+
     t = Table(title=escape(title))
     for col in ("metric", "value", "95% CI", "n"):
         t.add_column(col)
     for k, m in summary["metrics"].items():
         if k.endswith("_multi") and not k.startswith(("accuracy_first", "accuracy_vote", "coverage")):
             continue
-        pct = not k.startswith(("conflicts", "distinct"))
-        f = (lambda x: f"{100 * x:.1f}") if pct else (lambda x: f"{x:.2f}")
+        f = (lambda x: f"{100 * x:.1f}") if is_fraction(k) else (lambda x: f"{x:.2f}")
         t.add_row(k, f(m["value"]), f"[{f(m['ci_low'])}, {f(m['ci_high'])}]", str(m["n"]))
     console.print(t)
     console.print(f"{summary['n_examples']} inputs x {summary['samples']} samples, {summary['steps']} steps, "

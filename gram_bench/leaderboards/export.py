@@ -16,12 +16,13 @@ import pandas as pd
 
 from gram_bench.harness.errors import UsageError
 from gram_bench.metrics.stats import CI_METHOD, seed_interval
+from gram_bench.metrics.summary import is_fraction
 
 # dataset prefix -> (primary metric, lower is better), secondary metrics
 PRIMARY = {"nqueens": (("accuracy_vote", False), ["coverage", "accuracy_oracle"]),
-           "graph-coloring": (("conflicts_total", True), ["coverage", "accuracy_vote"])}
+           "graph-coloring": (("conflicts_total", True), ["coverage", "accuracy_vote"]),
+           "mnist": (("fid_mnistnet", True), ["is_mnistnet", "distinct_images"])}
 DEFAULT = (("accuracy_vote", False), ["accuracy_oracle", "coverage"])
-PCT_FREE = ("conflicts", "distinct", "is_", "fid_")
 
 
 def _metrics_for(dataset: str):
@@ -32,8 +33,7 @@ def _metrics_for(dataset: str):
 
 
 def _fmt(metric: str, v: float, lo: float | None = None, hi: float | None = None) -> str:
-    pct = not metric.startswith(PCT_FREE)
-    f = (lambda x: f"{100 * x:.1f}") if pct else (lambda x: f"{x:.1f}")
+    f = (lambda x: f"{100 * x:.1f}") if is_fraction(metric) else (lambda x: f"{x:.1f}")
     return f(v) + (f" [{f(lo)}, {f(hi)}]" if lo is not None and hi is not None else "")
 
 

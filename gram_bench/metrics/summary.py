@@ -8,6 +8,14 @@ from gram_bench.metrics.records import SELECTIONS
 from gram_bench.metrics.stats import bootstrap_ci, mean_stat, ratio_stat, sum_stat, wilson_interval
 
 
+NOT_FRACTIONS = ("conflicts", "distinct", "is_", "fid_", "hamming")  # metric name prefixes shown as is
+
+
+def is_fraction(metric: str) -> bool:
+    """Whether a metric is a fraction in [0, 1] (displayed as a percentage)."""
+    return not metric.startswith(NOT_FRACTIONS)
+
+
 def _metric(value_lo_hi: tuple[float, float, float], n: int) -> dict:
     v, lo, hi = value_lo_hi
     return {"value": v, "ci_low": lo, "ci_high": hi, "n": n}

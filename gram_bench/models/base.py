@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gram_bench.models.layers import MIXERS, InputEmbedding, Linear, count_params, pad_to, trunc_normal_
+from gram_bench.models.layers import (MIXERS, InputEmbedding, Linear, PatchHead, count_params, pad_to,
+                                     trunc_normal_)
 
 Carry = dict[str, Any]
 
@@ -31,6 +32,8 @@ class Model(nn.Module):
     Config: ClassVar[type]
     stochastic: ClassVar[bool] = False  # do samples of one input differ?
     ema_exclude: ClassVar[tuple[str, ...]] = ()  # state_dict key prefixes/suffixes the EMA leaves out
+    supports_image: ClassVar[bool] = False  # can it read and write image layouts (`Layout.image`)?
+    image_only: ClassVar[bool] = False  # does it work on image layouts only (e.g. the VAE)?
 
     def __init__(self, cfg: Any, layout: Any):
         super().__init__()
@@ -78,13 +81,23 @@ class RecursiveModel(Model):
     updated by `sparse_step` with sign-SGD, outside the optimizer and the EMA."""
 
     ema_exclude = ("embed.puzzle_table",)
+    supports_image = True
 
     def __init__(self, cfg: Any, layout: Any):
         super().__init__(cfg, layout)
         D = cfg.hidden
-        self.seq_len = cfg.prefix + max(layout.in_len, layout.out_len)
         self.embed = InputEmbedding(layout.vocab, D, cfg.prefix, layout.n_puzzle_ids, cfg.puzzle_dim or D)
-        self.lm_head = Linear(D, layout.vocab)
+        if layout.image is not None:
+            # Image answers (unconditional generation): the state holds one position per patch;
+            # the input embedding is empty (no content) plus a learned position per patch, and
+            # the decoder maps each patch back to its P x P pixels.
+            self.answer_len = layout.n_patches
+            self.image_pos = nn.Parameter(trunc_normal_(torch.empty(self.answer_len, D), 1.0))
+            self.lm_head = PatchHead(D, layout.vocab, *layout.image)
+        else:
+            self.answer_len = layout.out_len
+            self.lm_head = Linear(D, layout.vocab)
+        self.seq_len = cfg.prefix + max(layout.in_len, self.answer_len)
         # Halting and value heads read the first position (detached from the core with detach_heads).
         n_q = 2 if cfg.halting == "q_learning" else 1  # (q_halt, q_continue) or q_halt
         self.q_head = nn.Sequential(Linear(D, D, bias=True), nn.SiLU(), Linear(D, n_q, bias=True))
@@ -121,13 +134,17 @@ class RecursiveModel(Model):
         self.embed.sparse_step(self.cfg.puzzle_lr * lr_scale, self.cfg.puzzle_wd)
 
     def embed_inputs(self, inputs: torch.Tensor, puzzle_ids: torch.Tensor) -> torch.Tensor:
+        if self.layout.image is not None:
+            prefix = self.embed(inputs[:, :0], puzzle_ids)  # [B, prefix, D]: the puzzle tokens only
+            pos = self.image_pos.to(prefix.dtype).expand(prefix.shape[0], -1, -1)
+            return torch.cat([prefix, pos], dim=1)
         return self.embed(pad_to(inputs, self.seq_len - self.cfg.prefix), puzzle_ids)
 
     def heads(self, hid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """hid [B, S, D] -> logits [B, out_len, V] (fp32), q [B, 1 or 2] (halt[, continue]),
         value [B]."""
         P = self.cfg.prefix
-        logits = self.lm_head(hid[:, P:P + self.layout.out_len]).float()
+        logits = self.lm_head(hid[:, P:P + self.answer_len]).float()
         first = hid[:, 0].detach() if self.cfg.detach_heads else hid[:, 0]
         return logits, self.q_head(first).float(), self.v_head(first).float().squeeze(-1)
 

@@ -32,7 +32,7 @@ from torch import nn
 
 from gram_bench.models import MODELS
 from gram_bench.models.base import Model, SampleOutput, check_choices
-from gram_bench.models.layers import Attention, Linear
+from gram_bench.models.layers import Attention, Linear, PatchEncoder, PatchHead
 
 EPS = 1e-20
 
@@ -72,28 +72,45 @@ class DiTBlock(nn.Module):
 class DiT(nn.Module):
     """tokens [B, L] (condition + noisy answer), t [B] -> x0 logits [B, out_len, n_out]."""
 
-    def __init__(self, vocab_in: int, n_out: int, dim: int, heads: int, blocks: int, in_len: int, out_len: int):
+    def __init__(self, vocab_in: int, n_out: int, dim: int, heads: int, blocks: int, in_len: int, out_len: int,
+                 image: tuple[int, int, int] | None = None, enc_channels: int = 32):
         super().__init__()
-        self.in_len, self.out_len = in_len, out_len
-        self.tok = nn.Embedding(vocab_in, dim)
-        self.segment = nn.Embedding(2, dim)  # 0 = condition, 1 = answer
+        self.in_len, self.out_len, self.image = in_len, out_len, image
+        if image is None:  # (module creation order kept as before: the same seed, the same init)
+            self.tok = nn.Embedding(vocab_in, dim)
+            self.segment = nn.Embedding(2, dim)  # 0 = condition, 1 = answer
         self.time = nn.Sequential(Linear(256, dim, bias=True), nn.SiLU(), Linear(dim, dim, bias=True))
-        self.blocks = nn.ModuleList(DiTBlock(dim, heads, in_len + out_len) for _ in range(blocks))
+        if image is not None:
+            # Unconditional images: the noisy image goes through the conv patch encoder (with a
+            # learned position per patch) and each patch is decoded back to its P x P pixels.
+            if in_len:
+                raise ValueError("image layouts are unconditional here: in_len must be 0")
+            H, W, P = image
+            n_pos = (H // P) * (W // P)
+            self.enc = PatchEncoder(vocab_in, dim, *image, channels=enc_channels)
+            self.pos = nn.Parameter(torch.randn(n_pos, dim) * 0.02)
+        else:
+            n_pos = in_len + out_len
+        self.blocks = nn.ModuleList(DiTBlock(dim, heads, n_pos) for _ in range(blocks))
         self.final_ada = Linear(dim, 2 * dim, bias=True)
-        self.out = Linear(dim, n_out, bias=True)
+        self.out = PatchHead(dim, n_out, *image) if image is not None else Linear(dim, n_out, bias=True)
         nn.init.zeros_(self.final_ada.weight)
-        nn.init.normal_(self.tok.weight, std=0.02)
-        seg = torch.cat([torch.zeros(in_len, dtype=torch.long), torch.ones(out_len, dtype=torch.long)])
-        self.register_buffer("seg_ids", seg, persistent=False)
+        if image is None:
+            nn.init.normal_(self.tok.weight, std=0.02)
+            seg = torch.cat([torch.zeros(in_len, dtype=torch.long), torch.ones(out_len, dtype=torch.long)])
+            self.register_buffer("seg_ids", seg, persistent=False)
 
     def forward(self, tokens: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        x = self.tok(tokens) + self.segment(self.seg_ids)[None]
+        if self.image is not None:
+            x = self.enc(tokens) + self.pos.to(self.time[0].weight.dtype)
+        else:
+            x = self.tok(tokens) + self.segment(self.seg_ids)[None]
         c = self.time(timestep_embedding(t, 256))
         for blk in self.blocks:
             x = blk(x, c)
         shift, scale = self.final_ada(F.silu(c)).unsqueeze(1).chunk(2, dim=-1)
         x = modulate(F.layer_norm(x, x.shape[-1:]), shift, scale)
-        return self.out(x[:, self.in_len:]).float()
+        return self.out(x if self.image is not None else x[:, self.in_len:]).float()
 
 
 # ----------------------------------------------------------------------------- the shared process
@@ -104,6 +121,7 @@ class DiscreteDiffusion(Model):
     schedule `abar(t)` on t in [0, 1], the loss, and the default number of sampling steps."""
 
     stochastic = True
+    supports_image = True
     transition: str
 
     def __init__(self, cfg, layout):
@@ -113,7 +131,8 @@ class DiscreteDiffusion(Model):
         self.mask_id = V  # only used by the absorbing transition
         self.K = V + 1 if self.transition == "absorbing" else V  # states of x_t
         self.in_len, self.out_len = layout.in_len, layout.out_len
-        self.dit = DiT(self.K, V, cfg.hidden, cfg.heads, cfg.blocks, layout.in_len, layout.out_len)
+        self.dit = DiT(self.K, V, cfg.hidden, cfg.heads, cfg.blocks, layout.in_len, layout.out_len,
+                       layout.image, cfg.enc_channels)
 
     # ---- schedule and forward process
     def abar(self, t: torch.Tensor) -> torch.Tensor:
@@ -199,8 +218,8 @@ class DiscreteDiffusion(Model):
 def check_diffusion(cfg) -> None:
     if cfg.hidden % cfg.heads:
         raise ValueError("hidden must be divisible by heads")
-    if min(cfg.hidden, cfg.heads, cfg.blocks) < 1:
-        raise ValueError("hidden, heads and blocks must be at least 1")
+    if min(cfg.hidden, cfg.heads, cfg.blocks, cfg.enc_channels) < 1:
+        raise ValueError("hidden, heads, blocks and enc_channels must be at least 1")
 
 
 # ----------------------------------------------------------------------------- D3PM
@@ -220,6 +239,7 @@ class D3PM(DiscreteDiffusion):
         transition: str = "uniform"  # uniform | absorbing
         T: int = 1000  # diffusion steps
         hybrid_coeff: float = 0.001  # lambda of the auxiliary x0 cross-entropy
+        enc_channels: int = 32  # image tasks: channels of the conv patch encoder
 
         inference_fields: ClassVar[tuple[str, ...]] = ()
 
@@ -296,6 +316,7 @@ class MDLM(DiscreteDiffusion):
         blocks: int = 2
         steps: int = 1000  # sampling steps
         t_min: float = 1e-3  # lower end of the training times (the 1/t weight)
+        enc_channels: int = 32  # image tasks: channels of the conv patch encoder
 
         inference_fields: ClassVar[tuple[str, ...]] = ()
 

@@ -63,7 +63,7 @@ class GRAM(RecursiveModel):
         D, S = cfg.hidden, self.seq_len
         self.f_L = Stack(cfg.l_layers, D, cfg.heads, cfg.ffn_hidden, S, cfg.rope_theta, mixer=cfg.mixer)
         self.f_H = Stack(cfg.h_layers, D, cfg.heads, cfg.ffn_hidden, S, cfg.rope_theta, mixer=cfg.mixer)
-        self.guide = Guidance(cfg, D, layout.vocab, S, cfg.prefix)
+        self.guide = Guidance(cfg, D, layout.vocab, S, cfg.prefix, layout.image)
         self.register_buffer("h0", init_z0(D))
         self.register_buffer("l0", init_z0(D))
         self.register_load_state_dict_pre_hook(rename_legacy_guidance_keys)

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gram_bench.models.base import check_choices
-from gram_bench.models.layers import Linear
+from gram_bench.models.layers import Linear, PatchEncoder
 
 GUIDANCE = ("learned", "none", "noise", "mean")
 
@@ -44,6 +44,7 @@ class GuidanceConfig:
     sigma_init: float = 0.1  # [open] initial sigma of prior and posterior (1.0 measured not to learn)
     sigma_min: float = 1e-3  # [open] floor on sigma
     posterior_at: str = "last"  # [open] transitions that sample the posterior in training: last | all
+    enc_channels: int = 32  # [open] image tasks: channels of the posterior's conv encoder of y
 
     def check_guidance(self) -> None:
         check_choices(self, guidance=GUIDANCE, kl_reduce=("sum", "mean"), posterior_input=("concat", "add"),
@@ -54,6 +55,8 @@ class GuidanceConfig:
             raise ValueError("kl_balance must be in [0, 1]")
         if self.sigma_init <= 0 or self.sigma_min < 0:
             raise ValueError("sigma_init must be positive and sigma_min non-negative")
+        if self.enc_channels < 1:
+            raise ValueError("enc_channels must be at least 1")
 
 
 def gaussian_kl(mu_q, sd_q, mu_p, sd_p) -> torch.Tensor:
@@ -85,7 +88,8 @@ class GaussianHead(nn.Module):
 class Guidance(nn.Module):
     """h = u + eps, with eps from the prior (y_feat None) or the posterior (y_feat given)."""
 
-    def __init__(self, cfg: GuidanceConfig, dim: int, vocab: int, seq_len: int, prefix: int):
+    def __init__(self, cfg: GuidanceConfig, dim: int, vocab: int, seq_len: int, prefix: int,
+                 image: tuple[int, int, int] | None = None):
         super().__init__()
         self.cfg, self.seq_len, self.prefix = cfg, seq_len, prefix
         G = cfg.guidance_hidden or dim
@@ -93,8 +97,11 @@ class Guidance(nn.Module):
             self.prior = GaussianHead(dim, dim, G, cfg.sigma, cfg.sigma_init, cfg.sigma_min)
             d_in = 2 * dim if cfg.posterior_input == "concat" else dim
             self.posterior = GaussianHead(d_in, dim, G, cfg.sigma, cfg.sigma_init, cfg.sigma_min)
-            self.y_embed = nn.Embedding(vocab, dim)
-            nn.init.normal_(self.y_embed.weight, std=1.0)
+            if image is not None:  # y is an image: the paper's conv encoder to patch features
+                self.y_embed = PatchEncoder(vocab, dim, *image, channels=cfg.enc_channels)
+            else:
+                self.y_embed = nn.Embedding(vocab, dim)
+                nn.init.normal_(self.y_embed.weight, std=1.0)
 
     @property
     def uses_target(self) -> bool:
@@ -105,7 +112,8 @@ class Guidance(nn.Module):
         return 0.1 if self.cfg.beta is None else self.cfg.beta
 
     def y_features(self, y: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        """Target tokens [B, out_len] -> [B, S, D] at the answer positions, zero elsewhere."""
+        """Target tokens [B, out_len] -> [B, S, D] at the answer positions (image tasks: the
+        patch positions), zero elsewhere."""
         e = self.y_embed(y).to(like.dtype)
         return F.pad(e, (0, 0, self.prefix, self.seq_len - self.prefix - e.shape[1]))
 

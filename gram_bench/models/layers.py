@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
@@ -215,11 +216,57 @@ class InputEmbedding(nn.Module):
         if saved is None or saved[1].grad is None:
             return
         ids, rows = saved
+        g = rows.grad
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            # data parallel: every rank applies the update of the whole global batch, so the
+            # tables stay identical (the rows' gradients are summed, as in one process)
+            all_ids, all_g = [torch.empty_like(ids) for _ in range(dist.get_world_size())], \
+                [torch.empty_like(g) for _ in range(dist.get_world_size())]
+            dist.all_gather(all_ids, ids.contiguous())
+            dist.all_gather(all_g, g.contiguous())
+            ids, g = torch.cat(all_ids), torch.cat(all_g) / dist.get_world_size()
         uniq, inv = ids.unique(return_inverse=True)
-        grad = torch.zeros(len(uniq), rows.shape[1], dtype=rows.grad.dtype, device=rows.device)
-        grad.index_add_(0, inv, rows.grad)
+        grad = torch.zeros(len(uniq), rows.shape[1], dtype=g.dtype, device=rows.device)
+        grad.index_add_(0, inv, g)
         w = self.puzzle_table[uniq]
         self.puzzle_table[uniq] = w.mul_(1 - lr * weight_decay).add_(grad.sign_(), alpha=-lr)
+
+
+class PatchEncoder(nn.Module):
+    """Image tokens -> patch features (REFERENCE.md section 3, binarized MNIST): the one-hot
+    token map [B, vocab, H, W] goes through two 5x5 conv blocks (conv, GroupNorm, SiLU) and a
+    PxP stride-P patch projection to [B, (H/P)(W/P), dim], patches in row-major order."""
+
+    def __init__(self, vocab: int, dim: int, height: int, width: int, patch: int, channels: int = 32):
+        super().__init__()
+        if height % patch or width % patch:
+            raise ValueError(f"image {height}x{width} is not divisible into {patch}x{patch} patches")
+        self.vocab, self.hw = vocab, (height, width)
+        groups = math.gcd(8, channels)
+        self.convs = nn.Sequential(
+            nn.Conv2d(vocab, channels, 5, padding=2), nn.GroupNorm(groups, channels), nn.SiLU(),
+            nn.Conv2d(channels, channels, 5, padding=2), nn.GroupNorm(groups, channels), nn.SiLU())
+        self.proj = nn.Conv2d(channels, dim, patch, stride=patch)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:  # [B, H*W] long
+        H, W = self.hw
+        x = F.one_hot(tokens.view(-1, H, W), self.vocab).permute(0, 3, 1, 2).to(self.proj.weight.dtype)
+        return self.proj(self.convs(x)).flatten(2).transpose(1, 2)
+
+
+class PatchHead(nn.Module):
+    """Patch features [B, (H/P)(W/P), dim] -> per-pixel logits [B, H*W, vocab] (row-major
+    pixels): a linear map to P*P*vocab per patch, then the patches are put back in place."""
+
+    def __init__(self, dim: int, vocab: int, height: int, width: int, patch: int):
+        super().__init__()
+        self.vocab, self.hw, self.patch = vocab, (height, width), patch
+        self.out = Linear(dim, patch * patch * vocab, bias=True)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        (H, W), P, V = self.hw, self.patch, self.vocab
+        x = self.out(h).view(-1, H // P, W // P, P, P, V)  # [B, gh, gw, ph, pw, V]
+        return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, H * W, V)
 
 
 def pad_to(x: torch.Tensor, length: int) -> torch.Tensor:

@@ -53,7 +53,7 @@ class LoopedTF(RecursiveModel):
         super().__init__(cfg, layout)
         self.net = Stack(cfg.layers, cfg.hidden, cfg.heads, cfg.ffn_hidden, self.seq_len, cfg.rope_theta,
                          mixer=cfg.mixer)
-        self.guide = Guidance(cfg, cfg.hidden, layout.vocab, self.seq_len, cfg.prefix)
+        self.guide = Guidance(cfg, cfg.hidden, layout.vocab, self.seq_len, cfg.prefix, layout.image)
         self.register_buffer("h0", init_z0(cfg.hidden))
 
     def calls_per_answer(self, steps: int) -> int:

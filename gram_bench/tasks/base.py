@@ -41,12 +41,22 @@ def identity_of_dict(cls: type, d: Any) -> Any:
 
 @dataclass(frozen=True)
 class Layout:
-    """Token layout seen by models: input length, output length, shared vocabulary size."""
+    """Token layout seen by models: input length, output length, shared vocabulary size.
+
+    `image` = (height, width, patch) when the answer is an image of height x width pixel tokens
+    (row-major, out_len = height * width): models that support it (`Model.supports_image`)
+    read and write it as (height/patch) x (width/patch) patches."""
 
     in_len: int
     out_len: int
     vocab: int
     n_puzzle_ids: int = 1
+    image: tuple[int, int, int] | None = None
+
+    @property
+    def n_patches(self) -> int:
+        H, W, P = self.image
+        return (H // P) * (W // P)
 
 
 @dataclass
@@ -94,6 +104,7 @@ class Task:
     name: ClassVar[str]
     Config: ClassVar[type]
     name_fields: ClassVar[tuple[str, ...]] = ()  # config fields spelled out in the directory name
+    images: ClassVar[bool] = False  # are the answers images (`Layout.image`)?
 
     def __init__(self, cfg: Any, data_root: Path | str = "data"):
         self.cfg = cfg
