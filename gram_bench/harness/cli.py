@@ -281,6 +281,41 @@ def _load(runs_dir: Path):
 
 @app.command()
 @handle_errors
+def bench(task: str = typer.Option(..., "--task", help="Task name (see `gram-bench list tasks`)."),
+          model: str = typer.Option(..., "--model", help="Model name (see `gram-bench list models`)."),
+          profile: str = typer.Option("cpu", "--profile", help="smoke | cpu | paper"),
+          batch: Optional[int] = typer.Option(None, "--batch", help="Training batch (default: the profile's)."),
+          steps: int = typer.Option(10, "--steps", help="Timed training steps per setting."),
+          warmup: int = typer.Option(3, "--warmup", help="Untimed training steps first (and compilation)."),
+          samples: Optional[str] = typer.Option("1,20", "--samples", help="Widths N to time sampling at."),
+          sample_batch: int = typer.Option(16, "--sample-batch", help="Test inputs per sampling call."),
+          compare: Optional[str] = typer.Option(None, "--compare", help="KEY=V1,V2: time each value, alternating "
+                                                "in one process, e.g. train.precision=fp32,bf16."),
+          compile_core: bool = typer.Option(False, "--compile", help="torch.compile the block stacks "
+                                            "(static shapes)."),
+          threads: int = typer.Option(0, "--threads", help="torch intra-op threads (0 = torch's default)."),
+          set_: Optional[List[str]] = typer.Option(None, "--set", help="KEY=VALUE override, repeatable."),
+          device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
+          data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Default: $GRAM_BENCH_DATA or ./data"),
+          out: Optional[Path] = typer.Option(None, "-o", "--out", help="JSON file (default: bench/<task>-<model>-"
+                                             "<profile>[-<compared key>].json).")):
+    """Time training and sampling, count FLOPs, measure memory; print a table and write JSON."""
+    from gram_bench.harness.bench import bench as run_bench
+    from gram_bench.harness.bench import default_output, print_result, write_result
+
+    if threads < 0:
+        raise UsageError(f"--threads must be 0 (torch's default) or positive, got {threads}.")
+    result = run_bench(task, model, profile, _sets(set_), batch=batch, steps=steps, warmup=warmup,
+                       samples=parse_ints(samples, "--samples"), sample_batch=sample_batch, compare=compare,
+                       compile_core=compile_core, threads=threads, device_name=device,
+                       data_root=default_data_dir(data_dir), console=console)
+    print_result(console, result)
+    path = write_result(result, out or default_output(result))
+    console.print(f"wrote {path}")
+
+
+@app.command()
+@handle_errors
 def table(name: str = typer.Argument(..., help="multi-solution | structured | mnist | sudoku-gen | ablation | "
                                      "scaling"),
           runs_dir: Path = typer.Option(Path("runs"), "--runs-dir"),

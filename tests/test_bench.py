@@ -1,0 +1,55 @@
+"""`gram-bench bench`: one process times training and sampling, counts FLOPs, writes JSON."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from gram_bench.harness.bench import matmul_flops, parse_compare
+from gram_bench.harness.errors import UsageError
+
+
+def test_bench_writes_every_figure(cli, tmp_path, data_root):
+    out = tmp_path / "b.json"
+    res = cli("bench", "--task", "nqueens", "--model", "trm", "--profile", "smoke", "--device", "cpu",
+              "--steps", "2", "--warmup", "1", "--samples", "1,4", "--sample-batch", "2",
+              "--set", "train.precision=fp32", "--data-dir", data_root, "-o", out)
+    assert res.exit_code == 0, res.output
+    r = json.loads(out.read_text())
+    (s,) = r["settings"]
+    t = s["train"]
+    assert len(t["losses"]) == 2 and t["step_s_median"] > 0 and t["flops_per_step"] > 0
+    assert t["achieved_flops_per_s"] == pytest.approx(t["flops_per_step"] / t["step_s_median"])
+    assert t["utilisation"] == pytest.approx(t["achieved_flops_per_s"] / t["matmul"]["flops_per_s"])
+    assert t["matmul"]["dtype"] == "float32"
+    assert set(s["sample"]) >= {"1", "4", "width_speedup"}
+    assert s["sample"]["4"]["flops_per_answer"] > 0 and r["peak_memory_bytes"] > 0
+    assert "answers/s at N=4" in res.text and "utilisation" in res.text
+
+
+def test_bench_compare_alternates_settings_and_reports_ratios(cli, tmp_path, data_root):
+    out = tmp_path / "c.json"
+    res = cli("bench", "--task", "nqueens", "--model", "trm", "--profile", "smoke", "--device", "cpu",
+              "--steps", "2", "--warmup", "0", "--samples", "1", "--sample-batch", "2",
+              "--compare", "train.batch_size=4,8", "--data-dir", data_root, "-o", out)
+    assert res.exit_code == 0, res.output
+    r = json.loads(out.read_text())
+    assert [s["label"] for s in r["settings"]] == ["train.batch_size=4", "train.batch_size=8"]
+    assert [s["batch"] for s in r["settings"]] == [4, 8]
+    (ratio,) = r["ratios"]
+    a, b = (s["train"]["step_s_median"] for s in r["settings"])
+    assert ratio["step_time_speedup"] == pytest.approx(a / b)
+
+
+@pytest.mark.parametrize("spec", ["train.precision", "train.precision=fp32", "=a,b"])
+def test_bad_compare_specs_are_refused(spec):
+    with pytest.raises(UsageError, match="KEY=V1,V2"):
+        parse_compare(spec)
+
+
+def test_matmul_reference_counts_two_n_cubed():
+    import torch
+
+    m = matmul_flops(torch.device("cpu"), torch.float32, n=64, repeats=2)
+    assert m["flops_per_s"] == pytest.approx(2 * 64 ** 3 / m["seconds"])
