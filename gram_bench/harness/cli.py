@@ -450,6 +450,10 @@ def plot(kind: str = typer.Argument(..., help="scaling | solutions | coverage | 
          select: str = typer.Option("vote", "--select")):
     """Plot width x depth scaling, accuracy vs solutions, coverage vs N, or training curves."""
     from gram_bench.leaderboards.plots import plot as draw
+    from gram_bench.metrics import SELECTIONS
+
+    if select not in SELECTIONS:
+        raise UsageError(f"--select must be one of {', '.join(SELECTIONS)}, got '{select}'.")
 
     for p in draw(kind, run_dirs, out, select):
         console.print(f"wrote {escape(str(p))}")

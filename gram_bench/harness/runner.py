@@ -13,10 +13,12 @@ from __future__ import annotations
 import json
 import math
 import random
+import re
 import shutil
 import signal
 import threading
 import time
+import warnings
 from collections import defaultdict
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -161,13 +163,19 @@ def load_checkpoint(path: Path) -> dict:
     """torch.load with weights_only=True: tensors and plain containers only, so a checkpoint
     can never run code (a pickle that names any other callable is refused)."""
     try:
-        ck = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 64": the error below says it all
+            warnings.simplefilter("ignore")
+            ck = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unpickling failure means an unusable file
         msg = " ".join(str(e).split())
+        if "Weights only load failed" in msg:  # torch's advice (weights_only=False) is the one thing not to do
+            why = re.search(r"WeightsUnpickler error: (.*?)(?: Please use| Check the documentation|$)", msg)
+            reason = why.group(1).strip() if why else ""
+            msg = f"refused by the weights-only loader{': ' + reason if reason else ''}"
         if len(msg) > 300:
             msg = msg[:300] + " ..."
-        raise UsageError(f"Cannot load checkpoint {path} ({type(e).__name__}: {msg}); it may be corrupt or not "
-                         f"a gram-bench checkpoint.") from None
+        raise UsageError(f"Cannot load checkpoint {path} ({type(e).__name__}: {msg}); it is corrupt, or not a "
+                         f"gram-bench checkpoint (only tensors and plain containers are ever unpickled).") from None
     if not isinstance(ck, dict) or not all(k in ck for k in CHECKPOINT_KEYS) or not isinstance(ck["model"], dict):
         keys = ", ".join(map(str, ck)) if isinstance(ck, dict) else type(ck).__name__
         raise UsageError(f"Cannot load checkpoint {path}: it is not a gram-bench checkpoint (it holds {keys}).")

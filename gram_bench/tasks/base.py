@@ -176,7 +176,7 @@ class Task:
         except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
             raise UsageError(f"{mpath} is not valid JSON; rebuild with: {self.build_command()}") from None
         files = manifest.get("files") if isinstance(manifest, dict) else None
-        if not isinstance(files, dict) or not isinstance(manifest.get("counts"), dict) or not all(isinstance(f, str) and _NPY_NAME.fullmatch(f) and isinstance(h, str)
+        if not isinstance(files, dict) or not files or not isinstance(manifest.get("counts"), dict) or not all(isinstance(f, str) and _NPY_NAME.fullmatch(f) and isinstance(h, str)
                                                   for f, h in files.items()):
             raise UsageError(f"{mpath} is not a dataset manifest (it needs 'counts', and 'files' mapping .npy names in "
                              f"the directory to sha256 digests); rebuild with: {self.build_command()}")
