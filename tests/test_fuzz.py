@@ -38,6 +38,16 @@ FUZZ = settings(deadline=None, database=None, derandomize=False,
                                        HealthCheck.filter_too_much])
 
 
+@pytest.fixture(scope="module", autouse=True)
+def hypothesis_home(tmp_path_factory):
+    """Hypothesis keeps caches in ./.hypothesis; keep them under pytest's temp dirs instead."""
+    from hypothesis.configuration import set_hypothesis_home_dir
+
+    set_hypothesis_home_dir(tmp_path_factory.mktemp("hypothesis"))
+    yield
+    set_hypothesis_home_dir(None)
+
+
 def count(counts: dict, what: str) -> None:
     key = f"fuzz cases: {what}"
     counts[key] = counts.get(key, 0) + 1
