@@ -101,3 +101,23 @@ def copy_run(tmp_path):
         return dst
 
     return _copy
+
+
+# ----------------------------------------------------------------------------- reliability counts
+
+_COUNTS = pytest.StashKey[dict]()
+
+
+@pytest.fixture(scope="session")
+def reliability_counts(request) -> dict:
+    """Counters the fault-injection and fuzz tests add to (cases run, kill points, ...); the
+    terminal summary prints them, so a test run reports how much was tried."""
+    return request.config.stash.setdefault(_COUNTS, {})
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    counts = config.stash.get(_COUNTS, None)
+    if counts:
+        terminalreporter.write_sep("-", "reliability: cases run")
+        for k, v in counts.items():
+            terminalreporter.write_line(f"{k}: {v}")

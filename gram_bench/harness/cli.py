@@ -1,7 +1,8 @@
 """The `gram-bench` command line (DESIGN.md section 4).
 
-Exit codes: 0 success, 1 a run failed, 2 bad usage or bad input. Errors are one sentence;
-`--debug` shows the traceback."""
+Exit codes: 0 success, 1 a run failed, 2 bad usage or bad input. Every error is one line on
+stderr starting with `error:` (argument parsing errors included), never a traceback;
+`gram-bench --debug ...` raises the exception instead."""
 
 from __future__ import annotations
 
@@ -16,31 +17,101 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from typer.core import TyperGroup
 
 from gram_bench.harness.errors import GramBenchError, UsageError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="GRAM and its baselines on one bench: train, sample, verify, tabulate.")
-data_app = typer.Typer(no_args_is_help=True, help="Build or verify datasets.")
-app.add_typer(data_app, name="data")
+try:  # typer >= 0.16 vendors click as typer._click
+    from typer._click import exceptions as click_exceptions
+except ImportError:  # pragma: no cover - older typer on click
+    from click import exceptions as click_exceptions
+
 console = Console()
 err_console = Console(stderr=True)
 STATE = {"debug": False}
 
 
+def one_line(text: str) -> str:
+    """A message as one printable line: line breaks and tabs become spaces, other control
+    characters (e.g. terminal escapes in a crafted file name) are shown escaped."""
+    out = []
+    for ch in str(text):
+        if ch in "\n\r\t\v\f":
+            out.append(" ")
+        elif ch.isprintable():
+            out.append(ch)
+        else:
+            out.append(repr(ch)[1:-1])
+    return "".join(out).strip()
+
+
+def print_error(message: str, style: str = "red", label: str = "error") -> None:
+    err_console.print(f"[{style}]{label}:[/] {escape(one_line(message))}", highlight=False, soft_wrap=True)
+
+
+class OneLineErrors(TyperGroup):
+    """The top-level command group: click's argument errors (a bad type, a missing option, an
+    unknown command) print as one `error:` line, like every other error, exit code 2."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click_exceptions.ClickException as e:
+            if type(e).__name__ == "NoArgsIsHelpError":  # the help was printed: exit as click does
+                sys.exit(e.exit_code)
+            if STATE["debug"]:
+                raise
+            ctx = getattr(e, "ctx", None)
+            hint = f" (see '{ctx.command_path} --help')" if ctx is not None and isinstance(e, click_exceptions.UsageError) \
+                else ""
+            print_error(e.format_message() + hint)
+            sys.exit(e.exit_code)
+        except typer.Abort:
+            print_error("aborted", "yellow")
+            sys.exit(1)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, cls=OneLineErrors, pretty_exceptions_enable=False,
+                  help="GRAM and its baselines on one bench: train, sample, verify, tabulate.")
+data_app = typer.Typer(no_args_is_help=True, help="Build or verify datasets.")
+app.add_typer(data_app, name="data")
+
+
 def handle_errors(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        from gram_bench.harness.runner import Terminated
+
         try:
             return fn(*args, **kwargs)
         except GramBenchError as e:
             if STATE["debug"]:
                 raise
-            err_console.print(f"[red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
+            print_error(str(e))
             raise typer.Exit(e.exit_code)
+        except Terminated:
+            print_error("terminated by SIGTERM", "yellow", "stopped")
+            raise typer.Exit(143)
         except KeyboardInterrupt:
             err_console.print("[yellow]interrupted[/]")
             raise typer.Exit(130)
+        except OSError as e:  # a path given on the command line cannot be read or written
+            if STATE["debug"]:
+                raise
+            where = f" {e.filename}" if e.filename else ""
+            print_error(f"cannot access{where}: {e.strerror or e}.")
+            raise typer.Exit(2)
+        except (typer.Exit, typer.Abort, click_exceptions.ClickException):
+            raise
+        except Exception as e:  # noqa: BLE001 - a bug: one line, the traceback with --debug
+            if STATE["debug"]:
+                raise
+            print_error(f"internal error: {type(e).__name__}: {e} (run `gram-bench --debug ...` for the traceback; "
+                        f"please report it).")
+            raise typer.Exit(1)
     return wrapper
 
 
@@ -136,14 +207,14 @@ def data_build(task: str = typer.Option(..., "--task", help="Task name (see `gra
                data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Default: $GRAM_BENCH_DATA or ./data"),
                force: bool = typer.Option(False, "--force", help="Rebuild even if the directory exists.")):
     """Build a dataset directory deterministically, with a manifest of counts and hashes."""
-    from gram_bench.harness.runner import progress_bar
+    from gram_bench.harness.runner import data_lock, progress_bar
 
     t = _task(task, set_, data_dir)
     if t.data_dir.exists() and not force:
         manifest = t.verify_files()
         console.print(f"{escape(str(t.data_dir))} exists and verifies: {manifest['counts']} (use --force to rebuild)")
         return
-    with progress_bar(console) as prog:
+    with data_lock(t, console), progress_bar(console) as prog:
         tid = prog.add_task(f"building {t.dir_name()}", total=None)
         manifest = t.build(force=True, progress=lambda i, n: prog.update(tid, completed=i, total=n))
     console.print(f"built {escape(str(t.data_dir))}: {manifest['counts']}")
@@ -154,9 +225,10 @@ def data_build(task: str = typer.Option(..., "--task", help="Task name (see `gra
 def data_verify(task: str = typer.Option(..., "--task"),
                 set_: Optional[List[str]] = typer.Option(None, "--set", help="task.KEY=VALUE, repeatable."),
                 data_dir: Optional[Path] = typer.Option(None, "--data-dir")):
-    """Check a dataset directory against its manifest (sha256 of every file)."""
+    """Check a dataset directory against its manifest (sha256 of every file) and load every file."""
     t = _task(task, set_, data_dir)
     manifest = t.verify_files()
+    t.arrays()  # every .npy parses (allow_pickle=False)
     console.print(f"[green]ok[/] {escape(str(t.data_dir))}: {len(manifest['files'])} files match; counts {manifest['counts']}")
 
 
@@ -276,7 +348,18 @@ def _load(runs_dir: Path):
 
     if not runs_dir.is_dir():
         raise UsageError(f"Runs directory {runs_dir} does not exist; pass --runs-dir or run something first.")
-    return load_runs(runs_dir)
+    df = load_runs(runs_dir)
+    incomplete = df.attrs.get("incomplete", [])
+    if incomplete:
+        shown = "; ".join(f"{d} ({s})" for d, s in incomplete[:5]) + (f"; and {len(incomplete) - 5} more"
+                                                                       if len(incomplete) > 5 else "")
+        print_error(f"{len(incomplete)} run(s) not finished, left out: {shown}", "yellow", "note")
+    unreadable = df.attrs.get("unreadable", [])
+    if unreadable:
+        shown = "; ".join(f"{p} ({why})" for p, why in unreadable[:3]) + (f"; and {len(unreadable) - 3} more"
+                                                                          if len(unreadable) > 3 else "")
+        print_error(f"{len(unreadable)} unreadable file(s) skipped: {shown}", "yellow", "note")
+    return df
 
 
 @app.command()
@@ -400,6 +483,10 @@ def plot(kind: str = typer.Argument(..., help="scaling | solutions | coverage | 
          select: str = typer.Option("vote", "--select")):
     """Plot width x depth scaling, accuracy vs solutions, coverage vs N, or training curves."""
     from gram_bench.leaderboards.plots import plot as draw
+    from gram_bench.metrics import SELECTIONS
+
+    if select not in SELECTIONS:
+        raise UsageError(f"--select must be one of {', '.join(SELECTIONS)}, got '{select}'.")
 
     for p in draw(kind, run_dirs, out, select):
         console.print(f"wrote {escape(str(p))}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -47,6 +48,7 @@ class TrainConfig:
     checkpoint_every: int = 500
     threads: int = 0  # torch intra-op threads; 0 = torch's default
     max_minutes: float = 0.0  # stop training early after this wall time; 0 = no limit
+    nonfinite: str = "stop"  # a NaN/inf loss or gradient: stop (fail the run) | skip (drop the step)
 
 
 @dataclass(frozen=True)
@@ -97,8 +99,13 @@ class RunConfig:
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:8]
 
 
+# train fields that do not enter a run's identity (its fingerprint, and the tables' override
+# matching): logging, checkpointing, threads, time limits, and the non-finite policy (so that
+# `--resume --set train.nonfinite=skip` continues a run that stopped on a NaN)
 TRAIN_LOGGING = ("log_every", "eval_every", "eval_examples", "eval_samples", "checkpoint_every", "threads",
-                 "max_minutes")
+                 "max_minutes", "nonfinite")
+MAX_SEED = 2 ** 32 - 1
+_INT64 = 2 ** 63
 
 
 def non_default(obj: Any) -> dict:
@@ -143,10 +150,18 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
             return value
     elif tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
-            return value
+            if -_INT64 <= value < _INT64:
+                return value
+            raise UsageError(f"'{key}' is out of range (a 64-bit integer), got {value}.")
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+            try:
+                out = float(value)
+            except OverflowError:
+                out = math.inf
+            if math.isfinite(out):
+                return out
+            raise UsageError(f"'{key}' must be a finite number, got {value!r}.")
     elif tp is str:
         if isinstance(value, str):
             return value
@@ -281,12 +296,20 @@ def validate(cfg: RunConfig) -> None:
         (t.eval_samples >= 1, "train.eval_samples must be at least 1"),
         (t.checkpoint_every >= 1, "train.checkpoint_every must be at least 1"),
         (t.max_minutes >= 0, "train.max_minutes must be 0 (no limit) or positive"),
+        (t.weight_decay >= 0, "train.weight_decay must be non-negative"),
+        (0 <= t.beta1 < 1 and 0 <= t.beta2 < 1, "train.beta1 and train.beta2 must be in [0, 1)"),
+        (t.warmup_steps >= 0, "train.warmup_steps must be non-negative"),
+        (t.grad_clip > 0, "train.grad_clip must be positive"),
+        (t.eval_examples >= 0, "train.eval_examples must be 0 (all) or positive"),
+        (t.threads >= 0, "train.threads must be 0 (torch's default) or positive"),
+        (t.nonfinite in ("stop", "skip"), "train.nonfinite must be stop or skip"),
         (e.samples >= 1, "eval.samples must be at least 1"),
         (e.steps >= 0, "eval.steps must be 0 (trained depth) or positive"),
         (e.batch_size >= 1, "eval.batch_size must be at least 1"),
         (e.limit >= 0, "eval.limit must be 0 (all) or positive"),
         (e.split in ("test", "train"), "eval.split must be test or train"),
         (cfg.seed >= 0, "seed must be non-negative"),
+        (cfg.seed <= MAX_SEED, f"seed must be at most {MAX_SEED}"),
     ]
     for ok, msg in checks:
         if not ok:
@@ -298,22 +321,45 @@ def validate(cfg: RunConfig) -> None:
                 check()
             except ValueError as err:
                 raise UsageError(f"{err}".rstrip(".") + f" (a {prefix[:-1]} setting).") from None
+            except (ArithmeticError, TypeError) as err:  # a check that trips over a value it did not expect
+                zeros = [prefix + f.name for f in dataclasses.fields(obj) if getattr(obj, f.name) == 0
+                         and not isinstance(getattr(obj, f.name), bool)]
+                hint = f"; these are 0: {', '.join(zeros)}" if zeros else ""
+                raise UsageError(f"The {prefix[:-1]} settings are invalid ({type(err).__name__}: {err}){hint}.") \
+                    from None
 
 
 def config_from_dict(d: dict) -> RunConfig:
-    """Rebuild a RunConfig from a saved config.yaml."""
+    """Rebuild a RunConfig from a saved config.yaml; a malformed one raises UsageError."""
     from gram_bench.models import MODELS
     from gram_bench.tasks import TASKS
 
-    d = json.loads(json.dumps(d))
-    tname = d["task"].pop("name")
-    mname = d["model"].pop("name")
-    task_cfg = build_dataclass(TASKS.get(tname).Config, d["task"], "task.")
-    model_cfg = build_dataclass(MODELS.get(mname).Config, d["model"], "model.")
-    return RunConfig(tname, mname, task_cfg, model_cfg,
-                     build_dataclass(TrainConfig, d["train"], "train."),
-                     build_dataclass(EvalConfig, d["eval"], "eval."),
-                     int(d["seed"]), d["profile"], dict(d.get("overrides") or {}))
+    try:
+        d = json.loads(json.dumps(d))
+    except (TypeError, ValueError):
+        raise UsageError("the config holds values that are not plain data.") from None
+    if not isinstance(d, dict):
+        raise UsageError(f"a run config is a mapping, got {type(d).__name__}.")
+    for group in ("task", "model", "train", "eval"):
+        if not isinstance(d.get(group), dict):
+            raise UsageError(f"the config has no '{group}' section.")
+    tname = d["task"].pop("name", None)
+    mname = d["model"].pop("name", None)
+    if not isinstance(tname, str) or not isinstance(mname, str):
+        raise UsageError("the config does not name its task and model (task.name, model.name).")
+    if d.get("profile") not in PROFILES:
+        raise UsageError(f"the config's profile must be one of {', '.join(PROFILES)}, got {d.get('profile')!r}.")
+    overrides = d.get("overrides") or {}
+    if not isinstance(overrides, dict):
+        raise UsageError("the config's overrides must be a mapping.")
+    cfg = RunConfig(tname, mname,
+                    build_dataclass(TASKS.get(tname).Config, d["task"], "task."),
+                    build_dataclass(MODELS.get(mname).Config, d["model"], "model."),
+                    build_dataclass(TrainConfig, d["train"], "train."),
+                    build_dataclass(EvalConfig, d["eval"], "eval."),
+                    coerce(d.get("seed"), int, "seed"), d["profile"], dict(overrides))
+    validate(cfg)
+    return cfg
 
 
 def save_config(cfg: RunConfig, path: Path) -> None:
@@ -323,4 +369,32 @@ def save_config(cfg: RunConfig, path: Path) -> None:
 
 
 def load_config(path: Path) -> RunConfig:
-    return config_from_dict(yaml.safe_load(Path(path).read_text()))
+    """A run's config.yaml (parsed with yaml.safe_load: no Python objects); anything wrong with
+    it is a UsageError naming the file (and the line, for a YAML syntax error)."""
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except OSError as e:
+        raise UsageError(f"{path} cannot be read ({e.strerror or e}).") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"{path} is not UTF-8 text; it is not a gram-bench config.") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        problem = getattr(e, "problem", None) or type(e).__name__
+        raise UsageError(f"{where}: not valid YAML ({problem}).") from None
+    try:
+        return config_from_dict(data)
+    except UsageError as e:
+        raise UsageError(f"{path}: {e}") from None
+
+
+def config_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
+    """`key: A -> B` for every leaf where two nested config dicts differ (names first, then by key)."""
+    out = []
+    for k in sorted(set(a) | set(b), key=lambda k: (k != "name", str(k))):
+        va, vb = a.get(k, "<unset>"), b.get(k, "<unset>")
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += config_diff(va, vb, f"{prefix}{k}.")
+        elif va != vb:
+            out.append(f"{prefix}{k}: {va!r} -> {vb!r}")
+    return out

@@ -11,7 +11,7 @@ import torch
 
 from gram_bench.harness.device import autocast
 from gram_bench.harness.io import atomic_write_json, atomic_write_jsonl_gz
-from gram_bench.harness.rundir import SCHEMA_VERSION
+from gram_bench.harness.rundir import SCHEMA_VERSION, safe_name
 from gram_bench.metrics import example_records, summarize
 from gram_bench.metrics.stats import CI_METHOD
 
@@ -91,7 +91,10 @@ def eval_name(split: str, samples: int, steps: int, limit: int = 0, own: bool = 
 
 
 def write_eval(run_dir: Path, name: str, records: list[dict], summary: dict, selection: str = "vote") -> Path:
+    """The per-example records, then the summary, each atomically: a reader that finds the
+    summary finds its records complete (an eval killed half-way is redone, never appended to)."""
     summary = {**summary, "selection": selection}
+    safe_name(name, "eval name")
     out = Path(run_dir) / "eval"
     atomic_write_jsonl_gz(out / f"{name}.examples.jsonl.gz", records)
     atomic_write_json(out / f"{name}.json", summary)

@@ -2,32 +2,84 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
+import re
+import socket
 import subprocess
 import time
 from pathlib import Path
+from typing import Iterator
 
 import torch
 
 import gram_bench
 from gram_bench.harness.config import RunConfig
-from gram_bench.harness.io import atomic_write_json, atomic_write_text
+from gram_bench.harness.errors import UsageError
+from gram_bench.harness.io import LockHeld, atomic_write_json, atomic_write_text, file_lock, is_file_locked
 
 SCHEMA_VERSION = 2  # 2: records carry answer_ids; summaries carry flops_per_answer
+LOCK_NAME = ".lock"  # in the run directory; held (flock) by the process writing into it
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+=-]{0,199}")
+
+
+def safe_name(name: str, what: str = "name") -> str:
+    """`name` if it can be one path component under the runs directory: letters, digits and
+    `._+=-`, not starting with a dot, at most 200 characters; else UsageError. Every directory
+    or file name built from a config (task, model, run id, eval name) goes through it, so no
+    value can reach outside the runs directory (`..`, `/`, absolute paths)."""
+    if not isinstance(name, str) or not _SAFE_NAME.fullmatch(name):
+        raise UsageError(f"The {what} {name!r} cannot be a file name: use letters, digits and ._+=- only.")
+    return name
 
 
 def run_id(cfg: RunConfig) -> str:
-    return f"{cfg.profile}-seed{cfg.seed}-{cfg.fingerprint()}"
+    return safe_name(f"{cfg.profile}-seed{cfg.seed}-{cfg.fingerprint()}", "run id")
 
 
 def run_path(runs_dir: Path, cfg: RunConfig) -> Path:
-    return Path(runs_dir) / cfg.task_name / cfg.model_name / run_id(cfg)
+    return Path(runs_dir) / safe_name(cfg.task_name, "task name") / safe_name(cfg.model_name, "model name") / run_id(cfg)
 
 
 def read_status(run_dir: Path) -> str | None:
     p = Path(run_dir) / "status"
-    return p.read_text().strip() if p.exists() else None
+    try:
+        return p.read_text(errors="replace").strip() if p.exists() else None
+    except OSError:
+        return None
+
+
+def lock_owner() -> str:
+    return f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%dT%H:%M:%S%z')}"
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: Path) -> Iterator[None]:
+    """Hold the run directory's lock (`<run dir>/.lock`, created with the directory) while
+    writing into it: a second process (a second `run` of the same config, an `eval` of a run
+    still training) gets a UsageError saying who holds it. The lock dies with its process,
+    so a killed run never leaves a stale lock."""
+    try:
+        with file_lock(Path(run_dir) / LOCK_NAME, lock_owner()):
+            yield
+    except LockHeld as e:
+        raise UsageError(in_use_message(run_dir, e.owner)) from None
+
+
+def is_locked(run_dir: Path) -> bool:
+    """Is a live process writing into `run_dir` (holding its lock)?"""
+    return is_file_locked(Path(run_dir) / LOCK_NAME)
+
+
+def in_use_message(run_dir: Path, owner: str | None = None) -> str:
+    if owner is None:
+        try:
+            owner = (Path(run_dir) / LOCK_NAME).read_text(errors="replace").strip()
+        except OSError:
+            owner = ""
+    return (f"{run_dir} is in use by another gram-bench process ({owner or 'unknown'}); wait for it to finish, "
+            f"or stop it, then try again.")
 
 
 def write_status(run_dir: Path, status: str) -> None:

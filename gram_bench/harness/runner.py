@@ -1,26 +1,42 @@
 """The runner: builds a task and a model from the registries, trains, samples, verifies,
-and writes the run record (DESIGN.md section 5). It knows neither task nor model internals."""
+and writes the run record (DESIGN.md section 5). It knows neither task nor model internals.
+
+Reliability (issue 10): the process writing a run directory holds its lock (`.lock`); every
+file is written atomically; the checkpoint holds everything the next step depends on (model,
+EMA, optimizer, data position, carry, the partial log averages, and the torch, CUDA, numpy
+and Python RNG states), so a run killed at any moment and resumed ends bit-identical to an
+uninterrupted one. A NaN/inf loss part or gradient stops the run before the update
+(`train.nonfinite=stop`) or drops that step (`skip`)."""
 
 from __future__ import annotations
 
 import json
+import math
+import random
+import re
 import shutil
+import signal
+import threading
 import time
+import warnings
 from collections import defaultdict
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
+import numpy as np
 import torch
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from gram_bench.harness.config import RunConfig, save_config
+from gram_bench.harness.config import TRAIN_LOGGING, RunConfig, config_diff, save_config
 from gram_bench.harness.device import pick_device, use_bf16, autocast
 from gram_bench.harness.errors import RunFailed, UsageError
 from gram_bench.harness.evaluate import eval_name, evaluate, write_eval
-from gram_bench.harness.io import append_jsonl, atomic_torch_save, read_jsonl, atomic_write_text
-from gram_bench.harness.rundir import env_record, read_status, run_path, write_env, write_status
+from gram_bench.harness.io import (append_jsonl, atomic_torch_save, atomic_write_text, file_lock, read_jsonl,
+                                   remove_stale_temp)
+from gram_bench.harness.rundir import (LOCK_NAME, env_record, in_use_message, is_locked, lock_owner, read_status,
+                                       run_lock, run_path, safe_name, write_env, write_status)
 from gram_bench.models import MODELS
 from gram_bench.tasks import TASKS
 
@@ -32,17 +48,33 @@ def progress_bar(console: Console, *fields: str) -> Progress:
     return Progress(*cols, console=console, transient=False)
 
 
+@contextmanager
+def data_lock(task, console: Console):
+    """Hold `<data root>/.<dataset>.lock` while building a dataset: two runs that need the same
+    missing dataset build it once (the second waits, then verifies what the first built)."""
+    def waiting(holder: str) -> None:
+        console.print(f"waiting for {escape(holder or 'another process')} to finish building "
+                      f"{escape(str(task.data_dir))}")
+
+    with file_lock(task.data_root / f".{task.dir_name()}.lock", lock_owner(), wait=math.inf, on_wait=waiting):
+        yield
+
+
 def ensure_data(task, console: Console) -> None:
     if (task.data_dir / "manifest.json").exists():
         task.verify_files()
         return
-    with progress_bar(console) as prog:
-        tid = prog.add_task(f"building {task.dir_name()}", total=None)
+    with data_lock(task, console):
+        if (task.data_dir / "manifest.json").exists():  # built by another process while we waited
+            task.verify_files()
+            return
+        with progress_bar(console) as prog:
+            tid = prog.add_task(f"building {task.dir_name()}", total=None)
 
-        def cb(i: int, n: int) -> None:
-            prog.update(tid, completed=i, total=n)
+            def cb(i: int, n: int) -> None:
+                prog.update(tid, completed=i, total=n)
 
-        manifest = task.build(progress=cb)
+            manifest = task.build(progress=cb)
     console.print(f"built {escape(str(task.data_dir))}: {manifest['counts']}")
 
 
@@ -139,12 +171,123 @@ def build(cfg: RunConfig, data_root: Path, device: torch.device, console: Consol
     return task, model
 
 
+CHECKPOINT_KEYS = ("step", "fingerprint", "config", "model", "optimizer", "sampler", "rng")
+
+
 def load_checkpoint(path: Path) -> dict:
+    """torch.load with weights_only=True: tensors and plain containers only, so a checkpoint
+    can never run code (a pickle that names any other callable is refused)."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 64": the error below says it all
+            warnings.simplefilter("ignore")
+            ck = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unpickling failure means an unusable file
-        raise UsageError(f"Cannot load checkpoint {path} ({type(e).__name__}: {e}); it may be corrupt or not "
-                         f"a gram-bench checkpoint.") from None
+        msg = " ".join(str(e).split())
+        if "Weights only load failed" in msg:  # torch's advice (weights_only=False) is the one thing not to do
+            why = re.search(r"WeightsUnpickler error: (.*?)(?: Please use| Check the documentation|$)", msg)
+            reason = why.group(1).strip() if why else ""
+            msg = f"refused by the weights-only loader{': ' + reason if reason else ''}"
+        if len(msg) > 300:
+            msg = msg[:300] + " ..."
+        raise UsageError(f"Cannot load checkpoint {path} ({type(e).__name__}: {msg}); it is corrupt, or not a "
+                         f"gram-bench checkpoint (only tensors and plain containers are ever unpickled).") from None
+    if not isinstance(ck, dict) or not all(k in ck for k in CHECKPOINT_KEYS) or not isinstance(ck["model"], dict):
+        keys = ", ".join(map(str, ck)) if isinstance(ck, dict) else type(ck).__name__
+        raise UsageError(f"Cannot load checkpoint {path}: it is not a gram-bench checkpoint (it holds {keys}).")
+    return ck
+
+
+def identity_view(d: dict) -> dict:
+    """The parts of a saved config (`RunConfig.to_dict()`) that make a run what it is: task
+    data fields, model, training (less logging), seed, profile; not eval or overrides."""
+    if not isinstance(d, dict):
+        return {}
+    out = {k: d.get(k) for k in ("task", "model", "seed", "profile")}
+    out["task"] = {k: v for k, v in (d.get("task") or {}).items() if k not in ("data_dir", "eval_variants", "tie_break")}
+    out["train"] = {k: v for k, v in (d.get("train") or {}).items() if k not in TRAIN_LOGGING}
+    return out
+
+
+def check_checkpoint(ck: dict, cfg: RunConfig, path: Path, *, strict: bool = True, ignore: tuple[str, ...] = ()
+                     ) -> None:
+    """Refuse a checkpoint written for another config or model, naming what differs.
+    `strict` (resume): the fingerprints must match. Otherwise (eval): every setting both
+    configs have must agree, except `ignore` (e.g. inference-only `model.decode`)."""
+    if strict and ck.get("fingerprint") == cfg.fingerprint():
+        return
+    diff = [d for d in config_diff(identity_view(ck.get("config")), identity_view(cfg.to_dict()))
+            if d.split(":", 1)[0] not in ignore and (strict or "<unset>" not in d)]
+    if not diff and not strict:
+        return
+    what = "; ".join(diff[:6]) + (f"; and {len(diff) - 6} more" if len(diff) > 6 else "")
+    if not what:
+        what = f"fingerprint {ck.get('fingerprint')} in the checkpoint, {cfg.fingerprint()} for this config"
+    raise UsageError(f"{path} was written by another config (checkpoint -> this run: {what}); use --force to start "
+                     f"over.")
+
+
+def load_model_state(model: torch.nn.Module, state: dict, path: Path) -> None:
+    """`model.load_state_dict`, with a refusal that names the missing, unexpected and
+    mis-shaped weights when the checkpoint belongs to another model."""
+    try:
+        model.load_state_dict(state)
+        return
+    except (RuntimeError, TypeError, ValueError, AttributeError, KeyError):
+        pass
+    own = model.state_dict()
+    shape = lambda v: tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__  # noqa: E731
+    missing = [k for k in own if k not in state]
+    extra = [k for k in state if k not in own]
+    bad = [f"{k} {shape(state[k])} vs {shape(own[k])}" for k in own if k in state and shape(state[k]) != shape(own[k])]
+    parts = []
+    for label, items in (("missing", missing), ("unexpected", extra), ("shape (checkpoint vs model)", bad)):
+        if items:
+            parts.append(f"{label}: {', '.join(map(str, items[:3]))}" + (f" (+{len(items) - 3})" if len(items) > 3 else ""))
+    raise UsageError(f"{path} does not fit this model ({'; '.join(parts) or 'unreadable weights'}); it was written "
+                     f"by another model or config.")
+
+
+def _rng_state(device: torch.device) -> dict:
+    np_state = np.random.get_state()
+    py_state = random.getstate()
+    return {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+            "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                      "has_gauss": int(np_state[3]), "gauss": float(np_state[4])},
+            "python": {"version": py_state[0], "state": list(py_state[1]), "gauss": py_state[2]}}
+
+
+def _set_rng_state(rng: dict, device: torch.device) -> None:
+    torch.set_rng_state(rng["torch"])
+    if device.type == "cuda" and rng.get("cuda") is not None:
+        torch.cuda.set_rng_state(rng["cuda"], device)
+    if rng.get("numpy") is not None:
+        n = rng["numpy"]
+        np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    if rng.get("python") is not None:
+        py = rng["python"]
+        random.setstate((py["version"], tuple(py["state"]), py["gauss"]))
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler pre-empting the job) turned into an exception, so the run records
+    `failed: terminated` and cleans up its temp files on the way out."""
+
+
+@contextmanager
+def sigterm_as_exception():
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise Terminated("terminated by SIGTERM")
+
+    old = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
 
 
 def _tree_to(obj, device):
@@ -166,18 +309,51 @@ def run(cfg: RunConfig, runs_dir: Path = Path("runs"), data_root: Path = Path("d
         torch.set_num_threads(cfg.train.threads)
     bf16 = use_bf16(cfg.train.precision, device)
     rdir = run_path(runs_dir, cfg)
-    status = read_status(rdir)
-    if status is not None and not force:
-        if status == "finished" and not resume:
-            console.print(f"[green]{escape(str(rdir))} already finished[/]; pass --force to run it again.")
-            return rdir
-        if not resume:
-            raise UsageError(f"Run directory {rdir} exists (status: {status}); pass --resume to continue it "
-                             f"or --force to start over.")
-    if force and rdir.exists():
-        shutil.rmtree(rdir)
+    if _refuse_or_skip(rdir, resume, force, console):
+        return rdir
     task, model = build(cfg, data_root, device, console)
     rdir.mkdir(parents=True, exist_ok=True)
+    with run_lock(rdir), sigterm_as_exception():
+        if _refuse_or_skip(rdir, resume, force, console, check_lock=False):  # again, now that we hold the lock
+            return rdir
+        if force:
+            clear_run_dir(rdir)
+        remove_stale_temp(rdir)
+        _run_locked(cfg, task, model, rdir, device, bf16, resume, console)
+    return rdir
+
+
+def _refuse_or_skip(rdir: Path, resume: bool, force: bool, console: Console, check_lock: bool = True) -> bool:
+    """True when the run is finished and nothing is asked (skip it); UsageError when the run
+    directory is in use, or exists unfinished without --resume or --force."""
+    if check_lock and is_locked(rdir):
+        raise UsageError(in_use_message(rdir))
+    status = read_status(rdir)
+    if status is None or force:
+        return False
+    if status == "finished" and not resume:
+        console.print(f"[green]{escape(str(rdir))} already finished[/]; pass --force to run it again.")
+        return True
+    if not resume:
+        gone = " (its process is gone: it was killed or crashed)" if status == "running" else ""
+        raise UsageError(f"Run directory {rdir} exists (status: {status}){gone}; pass --resume to continue it or "
+                         f"--force to start over.")
+    return False
+
+
+def clear_run_dir(rdir: Path) -> None:
+    """--force: delete everything in the run directory but its lock (which we hold)."""
+    for p in rdir.iterdir():
+        if p.name == LOCK_NAME:
+            continue
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        else:
+            p.unlink()
+
+
+def _run_locked(cfg: RunConfig, task, model, rdir: Path, device: torch.device, bf16: bool, resume: bool,
+                console: Console) -> None:
     save_config(cfg, rdir / "config.yaml")
     env = env_record(device, bf16)
     env["params"] = model.num_params()
@@ -188,7 +364,7 @@ def run(cfg: RunConfig, runs_dir: Path = Path("runs"), data_root: Path = Path("d
             old = json.loads(old_env.read_text())
             env["resumed_at"] = old.get("resumed_at", []) + [env["start_time"]]
             env["start_time"] = old.get("start_time", env["start_time"])
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError, TypeError, OSError):
             pass
     write_env(rdir, env)
     write_status(rdir, "running")
@@ -197,6 +373,9 @@ def run(cfg: RunConfig, runs_dir: Path = Path("runs"), data_root: Path = Path("d
     try:
         train(cfg, task, model, rdir, device, bf16, console)
         final_eval(cfg, task, model, rdir, device, bf16, console)
+    except Terminated:
+        write_status(rdir, "failed: terminated by SIGTERM (resume with --resume)")
+        raise
     except KeyboardInterrupt:
         write_status(rdir, "failed: interrupted (resume with --resume)")
         raise
@@ -212,7 +391,22 @@ def run(cfg: RunConfig, runs_dir: Path = Path("runs"), data_root: Path = Path("d
     env["end_time"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     write_env(rdir, env)
     write_status(rdir, "finished")
-    return rdir
+
+
+MAX_CONSECUTIVE_SKIPS = 10  # train.nonfinite=skip: this many non-finite steps in a row stop the run anyway
+
+
+def _nonfinite_report(parts: dict[str, torch.Tensor], model: torch.nn.Module) -> str:
+    """'loss part kl (kl=nan, loss=nan)' or 'gradient of f_L.0.w (grad_norm=inf)'."""
+    bad = {k: v for k, v in parts.items() if not bool(torch.isfinite(v).all())}
+    vals = ", ".join(f"{k}={float(v.float().reshape(-1)[0]):g}" for k, v in bad.items())
+    losses = [k for k in bad if k != "grad_norm"]
+    if losses:
+        named = [k for k in losses if k != "loss"] or ["loss"]
+        return f"loss part{'s' if len(named) > 1 else ''} {', '.join(named)} ({vals})"
+    where = next((n for n, p in model.named_parameters() if p.grad is not None and not bool(torch.isfinite(p.grad).all())),
+                 None)
+    return f"gradient{f' of {where}' if where else ''} ({vals})"
 
 
 def make_optimizer(model: torch.nn.Module, tc, device: torch.device) -> torch.optim.Optimizer:
@@ -232,45 +426,66 @@ def train(cfg: RunConfig, task, model, rdir: Path, device: torch.device, bf16: b
     opt = make_optimizer(model, tc, device)
     ema = EMA(model, tc.ema) if tc.ema > 0 else None
     step, carry, elapsed_before = 0, None, 0.0
+    # running sums of the logged quantities since the last log line (checkpointed, so a
+    # resumed run logs the same averages as an uninterrupted one)
+    sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), device=device))
+    n_acc, ex_log, skipped, skipped_total, in_a_row, ckpt_step = 0, 0, 0, 0, 0, None
     ckpt_path = rdir / "checkpoint.pt"
     log_path = rdir / "train.jsonl"
     if ckpt_path.exists():
         ck = load_checkpoint(ckpt_path)
-        if ck.get("fingerprint") != cfg.fingerprint():
-            raise UsageError(f"{ckpt_path} was written by another config; use --force to start over.")
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optimizer"])
-        if ema is not None and ck.get("ema") is not None:
-            ema.shadow = {k: v.to(device) for k, v in ck["ema"].items()}
-        sampler.load_state_dict(ck["sampler"])
-        carry = _tree_to(ck["carry"], device) if ck.get("carry") is not None else None
-        torch.set_rng_state(ck["rng"]["torch"])
-        if device.type == "cuda" and ck["rng"].get("cuda") is not None:
-            torch.cuda.set_rng_state(ck["rng"]["cuda"], device)
-        step, elapsed_before = int(ck["step"]), float(ck.get("elapsed", 0.0))
-        if log_path.exists():  # drop log lines written after the checkpoint
-            kept = [r for r in read_jsonl(log_path) if r.get("step", 0) <= step]
-            atomic_write_text(log_path, "".join(json.dumps(r, separators=(",", ":")) + "\n"
-                                                for r in kept))
+        check_checkpoint(ck, cfg, ckpt_path)
+        load_model_state(model, ck["model"], ckpt_path)
+        try:
+            opt.load_state_dict(ck["optimizer"])
+            if ema is not None and ck.get("ema") is not None:
+                shadow = {k: v.to(device) for k, v in ck["ema"].items()}
+                if {k: v.shape for k, v in shadow.items()} != {k: v.shape for k, v in ema.shadow.items()}:
+                    raise ValueError("its EMA weights do not match the model")
+                ema.shadow = shadow
+            sampler.load_state_dict(ck["sampler"])
+            carry = _tree_to(ck["carry"], device) if ck.get("carry") is not None else None
+            _set_rng_state(ck["rng"], device)
+            step, elapsed_before = int(ck["step"]), float(ck.get("elapsed", 0.0))
+            acc = ck.get("log_acc") or {}
+            sums.update({k: v.to(device) for k, v in (acc.get("sums") or {}).items()})
+            n_acc, ex_log = int(acc.get("n", 0)), int(acc.get("examples", 0))
+            skipped, skipped_total = int(acc.get("skipped", 0)), int(ck.get("nonfinite_skipped", 0))
+        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError) as e:
+            raise UsageError(f"{ckpt_path} cannot be resumed ({type(e).__name__}: {e}); use --force to start "
+                             f"over.") from None
+        ckpt_step = step
+        if log_path.exists():  # drop log lines written after the checkpoint (and a torn last line)
+            try:
+                rows = read_jsonl(log_path)
+            except ValueError as e:
+                raise UsageError(f"{e}; fix or delete that line, then resume.") from None
+            kept = [r for r in rows if isinstance(r.get("step", 0), int) and r.get("step", 0) <= step]
+            atomic_write_text(log_path, "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in kept))
         console.print(f"resumed from step {step}")
-    elif log_path.exists():
-        log_path.unlink()
+    else:
+        if log_path.exists():
+            log_path.unlink()
+        np.random.seed(cfg.seed)  # the global numpy and Python RNGs too (torch's was seeded by `build`):
+        random.seed(cfg.seed)  # whatever a model or task draws from them is reproducible and checkpointed
     if step >= tc.steps:
         return
 
     def save(step_now: int, elapsed: float) -> None:
-        rng = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
+        nonlocal ckpt_step
         atomic_torch_save(ckpt_path, {
             "step": step_now, "fingerprint": cfg.fingerprint(), "config": cfg.to_dict(),
             "model": model.state_dict(), "ema": ema.shadow if ema else None,
             "optimizer": opt.state_dict(), "sampler": sampler.state_dict(),
-            "carry": carry, "rng": rng, "elapsed": elapsed,
+            "carry": carry, "rng": _rng_state(device), "elapsed": elapsed,
+            "log_acc": {"sums": dict(sums), "n": n_acc, "examples": ex_log, "skipped": skipped},
+            "nonfinite_skipped": skipped_total,
         })
+        ckpt_step = step_now
 
     model.train()
-    sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), device=device))
-    n_acc, t_start = 0, time.perf_counter()
-    t_log, ex_log = time.perf_counter(), 0
+    t_start = time.perf_counter()
+    t_log = time.perf_counter()
     with progress_bar(console, "stats") as prog:
         tid = prog.add_task("train", total=tc.steps, completed=step, stats="")
         while step < tc.steps:
@@ -282,39 +497,58 @@ def train(cfg: RunConfig, task, model, rdir: Path, device: torch.device, bf16: b
             for g in opt.param_groups:
                 g["lr"] = lr
             with autocast(device, bf16):
-                loss, logs, carry = model.loss(batch, carry)
+                loss, logs, new_carry = model.loss(batch, carry)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-            if step % tc.log_every == 0 or step + 1 == tc.steps:
-                bad = [k for k, v in {"loss": loss, **logs, "grad_norm": gnorm}.items() if not torch.isfinite(v)]
-                if bad:
-                    raise RunFailed(f"non-finite {', '.join(bad)} at step {step + 1}; the last good checkpoint "
-                                    f"is kept")
-            opt.step()
-            model.sparse_step(lr / tc.lr)
-            if ema is not None:
-                ema.update(model, step)
+            parts = {"loss": loss.detach(), **{k: torch.as_tensor(v, device=device).detach() for k, v in logs.items()},
+                     "grad_norm": gnorm.detach()}
+            finite = bool(torch.isfinite(torch.cat([v.float().reshape(-1) for v in parts.values()])).all())
+            if finite:
+                opt.step()
+                model.sparse_step(lr / tc.lr)
+                if ema is not None:
+                    ema.update(model, step)
+                carry, in_a_row = new_carry, 0
+                for k, v in {"loss": loss.detach(), "grad_norm": gnorm.detach(), **logs}.items():
+                    sums[k] = sums[k] + v.float()
+                n_acc += 1
+            else:
+                what = f"non-finite {_nonfinite_report(parts, model)} at step {step + 1}"
+                kept = f"the last good checkpoint (step {ckpt_step}) is kept" if ckpt_step is not None else \
+                    "no checkpoint had been written yet"
+                if tc.nonfinite == "stop":
+                    raise RunFailed(f"{what}; the update was not applied and {kept}. Lower train.lr, or resume with "
+                                    f"--set train.nonfinite=skip to drop such steps.")
+                in_a_row += 1
+                skipped += 1
+                skipped_total += 1
+                if in_a_row > MAX_CONSECUTIVE_SKIPS:
+                    raise RunFailed(f"{what}, the {in_a_row}th such step in a row (train.nonfinite=skip gives up "
+                                    f"after {MAX_CONSECUTIVE_SKIPS}); {kept}. Lower train.lr.")
+                opt.zero_grad(set_to_none=True)  # drop the step: no optimizer, sparse or EMA update
+                carry = None  # and restart the carried state (it came from the bad forward)
+                console.print(f"[yellow]skipped step {step + 1}: {escape(what)}[/]")
             step += 1
-            for k, v in {"loss": loss.detach(), "grad_norm": gnorm.detach(), **logs}.items():
-                sums[k] = sums[k] + v.float()
-            n_acc += 1
             ex_log += tc.batch_size
             if step % tc.log_every == 0 or step == tc.steps:
                 now = time.perf_counter()
-                row = {"step": step, "lr": lr, **{k: round(float(v) / n_acc, 5) for k, v in sums.items()},
+                row = {"step": step, "lr": lr, **{k: round(float(v) / n_acc, 5) for k, v in sums.items() if n_acc},
                        "examples_per_s": round(ex_log / max(now - t_log, 1e-9), 1),
                        "elapsed_s": round(elapsed_before + now - t_start, 2)}
-                append_jsonl(rdir / "train.jsonl", row)
+                if skipped:
+                    row["nonfinite_skipped"] = skipped
+                append_jsonl(log_path, row)
                 sums.clear()
-                n_acc, t_log, ex_log = 0, now, 0
-                stats = f"loss {row['loss']:.3f} acc {row.get('exact', 0):.2f} {row['examples_per_s']:.0f} ex/s"
+                n_acc, t_log, ex_log, skipped = 0, now, 0, 0
+                stats = f"loss {row.get('loss', float('nan')):.3f} acc {row.get('exact', 0):.2f} " \
+                        f"{row['examples_per_s']:.0f} ex/s"
                 prog.update(tid, stats=stats)
                 if not console.is_terminal and step % max(tc.log_every, tc.steps // 20) < tc.log_every:
                     console.print(f"step {step}/{tc.steps} {stats} elapsed {row['elapsed_s']:.0f}s")
             if tc.eval_every and step % tc.eval_every == 0 and step < tc.steps:
                 row = periodic_eval(cfg, task, model, ema, device, bf16)
-                append_jsonl(rdir / "train.jsonl", {"step": step, **row})
+                append_jsonl(log_path, {"step": step, **row})
                 console.print(f"step {step}: " + " ".join(f"{k} {v:.3f}" for k, v in row.items()))
             if step % tc.checkpoint_every == 0 or step == tc.steps:
                 save(step, elapsed_before + time.perf_counter() - t_start)
@@ -323,7 +557,7 @@ def train(cfg: RunConfig, task, model, rdir: Path, device: torch.device, bf16: b
                 console.print(f"[yellow]train.max_minutes={tc.max_minutes} reached at step {step}; stopping "
                               f"training early[/]")
                 save(step, elapsed_before + time.perf_counter() - t_start)
-                append_jsonl(rdir / "train.jsonl", {"step": step, "stopped_early": True})
+                append_jsonl(log_path, {"step": step, "stopped_early": True})
                 break
 
 
@@ -342,9 +576,13 @@ def periodic_eval(cfg: RunConfig, task, model, ema, device, bf16) -> dict:
 
 def final_eval(cfg: RunConfig, task, model, rdir: Path, device, bf16, console: Console,
                samples: int | None = None, steps: int | None = None, selection: str = "vote",
-               name: str | None = None) -> dict:
+               name: str | None = None, ignore: tuple[str, ...] = ()) -> dict:
     """Evaluate with EMA weights into eval/<name>.json; the run's own final eval is
-    eval/<split>.json, and `gram-bench eval` names its files so that it never overwrites it."""
+    eval/<split>.json, and `gram-bench eval` names its files so that it never overwrites it.
+
+    An interrupted evaluation is simply redone: its two files are each written atomically,
+    records first and the summary last, and a run is `finished` only after both. A
+    checkpoint whose settings differ from `cfg` (other than the `ignore`d keys) is refused."""
     ec = cfg.eval
     samples = samples or ec.samples
     steps = steps or ec.steps or model.default_steps
@@ -352,10 +590,14 @@ def final_eval(cfg: RunConfig, task, model, rdir: Path, device, bf16, console: C
     ema_state = None
     if ckpt.exists():
         ck = load_checkpoint(ckpt)
-        model.load_state_dict(ck["model"])
+        check_checkpoint(ck, cfg, ckpt, strict=False, ignore=ignore)
+        load_model_state(model, ck["model"], ckpt)
         ema_state = ck.get("ema")
     if ema_state is not None:
-        model.load_state_dict({**model.state_dict(), **{k: v.to(device) for k, v in ema_state.items()}})
+        try:
+            load_model_state(model, {**model.state_dict(), **{k: v.to(device) for k, v in ema_state.items()}}, ckpt)
+        except AttributeError:
+            raise UsageError(f"{ckpt} holds malformed EMA weights; it is not a gram-bench checkpoint.") from None
     with progress_bar(console, "rate") as prog:
         tid = prog.add_task(f"eval {ec.split} N={samples} steps={steps}", total=None, rate="")
         records, summary = evaluate(model, task, samples=samples, steps=steps, split=ec.split, limit=ec.limit,
@@ -407,6 +649,8 @@ def evaluate_run(run_dir: Path, widths: list[int], depths: list[int], *, select:
         raise UsageError(f"{run_dir} is not a run directory (no config.yaml); pass runs/<task>/<model>/<run-id>.")
     if not (run_dir / "checkpoint.pt").exists():
         raise UsageError(f"{run_dir} has no checkpoint.pt; train it first with gram-bench run ... --resume.")
+    if is_locked(run_dir):
+        raise UsageError(in_use_message(run_dir))
     cfg = load_config(run_dir / "config.yaml")
     sets = dict(sets or {})
     if sets:
@@ -432,13 +676,20 @@ def evaluate_run(run_dir: Path, widths: list[int], depths: list[int], *, select:
         torch.set_num_threads(cfg.train.threads)
     task, model = build(cfg, data_root, device)
     out = []
-    for n in widths or [cfg.eval.samples]:
-        for d in depths or [cfg.eval.steps or model.default_steps]:
-            name = eval_name(cfg.eval.split, n, d, limit=cfg.eval.limit if cfg.eval.limit != own_limit else 0,
-                             tag=tag)
-            path = run_dir / "eval" / f"{name}.json"
-            if not (skip_existing and path.exists()):
-                final_eval(cfg, task, model, run_dir, device, use_bf16(cfg.train.precision, device), console,
-                           samples=n, steps=d, selection=select, name=name)
-            out.append(path)
+    with run_lock(run_dir):
+        status = read_status(run_dir)
+        if status != "finished":
+            console.print(f"[yellow]note:[/] {escape(str(run_dir))} is not finished (status: {escape(str(status))}); "
+                          f"evaluating its last checkpoint")
+        remove_stale_temp(run_dir / "eval")
+        for n in widths or [cfg.eval.samples]:
+            for d in depths or [cfg.eval.steps or model.default_steps]:
+                name = safe_name(eval_name(cfg.eval.split, n, d, limit=cfg.eval.limit if cfg.eval.limit != own_limit
+                                           else 0, tag=tag), "eval name")
+                path = run_dir / "eval" / f"{name}.json"
+                if not (skip_existing and path.exists()):
+                    final_eval(cfg, task, model, run_dir, device, use_bf16(cfg.train.precision, device), console,
+                               samples=n, steps=d, selection=select, name=name,
+                               ignore=tuple(sets))
+                out.append(path)
     return out

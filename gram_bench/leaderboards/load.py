@@ -11,6 +11,7 @@ models. Usable from Python:
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pandas as pd
@@ -60,10 +61,10 @@ def _train_progress(rdir: Path) -> tuple[int | None, float | None]:
     for line in reversed(lines):
         try:
             row = json.loads(line)
-        except json.JSONDecodeError:
+            if isinstance(row, dict) and "elapsed_s" in row:
+                return int(row["step"]), float(row["elapsed_s"])
+        except (ValueError, TypeError, KeyError, OverflowError):
             continue  # a torn last line of a run that is still writing
-        if "elapsed_s" in row:
-            return int(row["step"]), float(row["elapsed_s"])
     return None, None
 
 
@@ -71,34 +72,71 @@ def _eval_tag(stem: str) -> str:
     return stem.split("+", 1)[1] if "+" in stem else ""
 
 
+def _number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and not (isinstance(x, float) and math.isinf(x))
+
+
+def _optional_int(x) -> bool:
+    return x is None or (isinstance(x, int) and not isinstance(x, bool))
+
+
+def _metric_ok(m) -> bool:
+    return isinstance(m, dict) and all(_number(m.get(k)) for k in ("value", "ci_low", "ci_high")) and \
+        _optional_int(m.get("n"))
+
+
 def load_runs(runs_dir: str | Path = "runs", include_unfinished: bool = False) -> pd.DataFrame:
     """Every metric of every eval file under `runs_dir/<task>/<model>/<run-id>/eval/*.json`.
 
     Runs whose status is not `finished` are skipped unless `include_unfinished`; their
-    `status` column says what they are. Unreadable files (a run being written, a torn
-    file) skip that file, never the whole load."""
+    `status` column says what they are. Unreadable or malformed files (a run being written,
+    a torn or edited file) skip that file, never the whole load. What was left out is in
+    `df.attrs`: `incomplete` [(run dir, status)] (a `running` run whose process is gone says
+    so) and `unreadable` [(path, reason)]."""
+    from gram_bench.harness.rundir import is_locked
+
     rows = []
+    incomplete: list[tuple[str, str]] = []
+    unreadable: list[tuple[str, str]] = []
     for cfg_path in sorted(Path(runs_dir).glob("*/*/*/config.yaml")):
         rdir = cfg_path.parent
         status_p = rdir / "status"
         try:
-            status = status_p.read_text().strip() if status_p.exists() else "unknown"
+            status = status_p.read_text(errors="replace").strip() if status_p.exists() else "unknown"
         except OSError:
             status = "unknown"
         if status != "finished" and not include_unfinished:
+            live = is_locked(rdir)
+            desc = status
+            if status == "running" and not live:
+                desc = "running, but its process is gone (killed?): resume it with --resume"
+            elif live and status == "unknown":
+                desc = "starting"
+            incomplete.append((str(rdir), desc))
             continue
         try:
             cfg = yaml.load(cfg_path.read_text(), Loader=_Loader)
             env = json.loads((rdir / "env.json").read_text()) if (rdir / "env.json").exists() else {}
-        except (yaml.YAMLError, json.JSONDecodeError, OSError):
+        except (yaml.YAMLError, ValueError, OSError) as e:
+            unreadable.append((str(cfg_path), type(e).__name__))
             continue
-        if not isinstance(cfg, dict) or "task" not in cfg or "model" not in cfg:
+        if not isinstance(env, dict):
+            env = {}
+        if not (isinstance(cfg, dict) and isinstance(cfg.get("task"), dict) and isinstance(cfg.get("model"), dict)
+                and isinstance(cfg["task"].get("name"), str) and isinstance(cfg["model"].get("name"), str)):
+            unreadable.append((str(cfg_path), "not a run config"))
+            continue
+        overrides = cfg.get("overrides") if isinstance(cfg.get("overrides"), dict) else {}
+        try:
+            model_cfg = json.dumps({k: v for k, v in cfg["model"].items() if k != "name"}, sort_keys=True, default=str)
+            overrides = json.dumps(training_overrides(overrides), sort_keys=True, default=str)
+            dataset = str(dataset_label(cfg["task"], env))
+        except (TypeError, ValueError) as e:
+            unreadable.append((str(cfg_path), type(e).__name__))
             continue
         train_steps, train_seconds = _train_progress(rdir)
-        model_cfg = json.dumps({k: v for k, v in cfg["model"].items() if k != "name"}, sort_keys=True)
-        overrides = json.dumps(training_overrides(cfg.get("overrides") or {}), sort_keys=True)
         base = {
-            "task": cfg["task"]["name"], "dataset": dataset_label(cfg["task"], env), "model": cfg["model"]["name"],
+            "task": cfg["task"]["name"], "dataset": dataset, "model": cfg["model"]["name"],
             "run_id": rdir.name, "run_dir": str(rdir), "profile": cfg.get("profile"), "seed": cfg.get("seed"),
             "status": status, "train_steps": train_steps, "train_seconds": train_seconds,
             "device": env.get("device"), "hardware": env.get("device_name"), "model_cfg": model_cfg,
@@ -107,14 +145,24 @@ def load_runs(runs_dir: str | Path = "runs", include_unfinished: bool = False) -
         for ev in sorted((rdir / "eval").glob("*.json")):
             try:
                 s = json.loads(ev.read_text())
-            except (json.JSONDecodeError, OSError):
+            except (ValueError, OSError) as e:
+                unreadable.append((str(ev), type(e).__name__))
+                continue
+            if not (isinstance(s, dict) and isinstance(s.get("metrics", {}), dict)
+                    and all(_optional_int(s.get(k)) for k in ("samples", "steps"))):
+                unreadable.append((str(ev), "not an eval summary"))
                 continue
             head = {**base, "eval": ev.stem, "split": s.get("split"), "samples": s.get("samples"),
                     "steps": s.get("steps"), "selection": s.get("selection"), "tag": _eval_tag(ev.stem),
                     "params": s.get("model_params", env.get("params")), "eval_seconds": s.get("seconds"),
                     "flops_per_answer": s.get("flops_per_answer"), "calls_per_answer": s.get("calls_per_answer")}
             for metric, m in s.get("metrics", {}).items():
+                if not _metric_ok(m):
+                    unreadable.append((f"{ev}:{metric}", "not a metric"))
+                    continue
                 rows.append({**head, "metric": metric, "value": m["value"], "ci_low": m["ci_low"],
-                             "ci_high": m["ci_high"], "n": m["n"]})
-    return pd.DataFrame(rows, columns=COLUMNS)
-
+                             "ci_high": m["ci_high"], "n": m.get("n")})
+    df = pd.DataFrame(rows, columns=COLUMNS)
+    df.attrs["incomplete"] = incomplete
+    df.attrs["unreadable"] = unreadable
+    return df

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import gzip
+import io
 import json
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import pandas as pd
 import yaml
 
 from gram_bench.harness.errors import UsageError
+from gram_bench.harness.io import atomic_write_bytes
 from gram_bench.metrics.records import truncate
 from gram_bench.metrics.summary import summarize
 
@@ -209,7 +211,9 @@ def _save(fig, out: Path) -> list[Path]:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     paths = [out.with_suffix(".png"), out.with_suffix(".svg")]
-    for p in paths:
-        fig.savefig(p, dpi=150)
+    for p in paths:  # rendered in memory, then written atomically (a run directory holds plots too)
+        buf = io.BytesIO()
+        fig.savefig(buf, dpi=150, format=p.suffix[1:])
+        atomic_write_bytes(p, buf.getvalue())
     plt.close(fig)
     return paths

@@ -265,11 +265,11 @@ class RecursiveConfig:
     inference_fields: ClassVar[tuple[str, ...]] = ("decode", "init")  # `gram-bench eval --set` may change these
 
     def check(self) -> None:
-        if self.hidden % self.heads:
-            raise ValueError("hidden must be divisible by heads")
         low = [f for f in ("hidden", "heads", "ffn_hidden") + self.positive if getattr(self, f) < 1]
         if low:
             raise ValueError(f"{', '.join(low)} must be at least 1")
+        if self.hidden % self.heads:
+            raise ValueError("hidden must be divisible by heads")
         if self.prefix < 1:
             raise ValueError("prefix must be at least 1 (the heads read position 0)")
         if not 0 <= self.puzzle_dim <= self.prefix * self.hidden:

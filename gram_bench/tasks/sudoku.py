@@ -105,10 +105,14 @@ class CsvRows:
 
 def count_data_rows(path: Path) -> int:
     """Data rows of a CSV file (lines after the header), after checking the header."""
-    with open(path, newline="") as f:
-        header = next(csv.reader(f), None)
+    with open(path, newline="", encoding="utf-8-sig", errors="replace") as f:
+        try:
+            header = next(csv.reader(f), None)
+        except csv.Error as e:
+            raise UsageError(f"{path}:1: not a CSV header ({e}).") from None
     if header != HEADER:
-        raise UsageError(f"{path}:1: the header is {header}, expected {','.join(HEADER)} (the Sudoku-Extreme "
+        shown = repr(header) if len(repr(header)) <= 120 else repr(header)[:120] + "..."
+        raise UsageError(f"{path}:1: the header is {shown}, expected {','.join(HEADER)} (the Sudoku-Extreme "
                          f"format; see {DATA_URL}).")
     n = 0
     with open(path, "rb") as f:
@@ -135,10 +139,12 @@ def read_rows(path: Path, wanted: np.ndarray | None, on_bad: str,
                              f"rows out.")
         bad.append(msg)
 
-    with open(path, newline="") as f:
+    with open(path, newline="", encoding="utf-8-sig", errors="replace") as f:  # bad bytes fail the row checks
         reader = csv.reader(f)
-        next(reader, None)
-        for i, rec in enumerate(reader):
+        for i, rec in enumerate(_csv_records(reader, path)):
+            if i == 0:
+                continue  # the header (checked by count_data_rows)
+            i -= 1
             if progress and i % 100_000 == 0:
                 progress(i, total)
             if want is not None and i not in want:
@@ -155,9 +161,11 @@ def read_rows(path: Path, wanted: np.ndarray | None, on_bad: str,
                 reject(line, "the answer is not 81 digits 1-9")
                 continue
             try:
-                rating = int(r)
+                rating = int(r) if len(r) <= 30 else None
             except ValueError:
-                reject(line, f"the rating {r!r} is not an integer")
+                rating = None
+            if rating is None or not -2 ** 63 <= rating < 2 ** 63:
+                reject(line, f"the rating {r[:30]!r}{'...' if len(r) > 30 else ''} is not an integer (64-bit)")
                 continue
             idx.append(i)
             qs.append(q)
@@ -176,6 +184,19 @@ def read_rows(path: Path, wanted: np.ndarray | None, on_bad: str,
     keep = np.nonzero(ok)[0]
     return CsvRows(np.asarray(idx, dtype=np.int64)[keep], q[keep], a[keep], np.asarray(rts, dtype=np.int64)[keep],
                    bad)
+
+
+def _csv_records(reader, path: Path):
+    """The reader's records; a CSV syntax error (e.g. a field over the csv module's size limit)
+    is a UsageError naming the file and line, whatever `bad_rows` says."""
+    while True:
+        try:
+            rec = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as e:
+            raise UsageError(f"{path}:{reader.line_num}: not valid CSV ({e}); fix or remove the row.") from None
+        yield rec
 
 
 def pick_rows(path: Path, n_rows: int, count: int, seed: int, on_bad: str,
