@@ -45,10 +45,10 @@ class AR(Model):
         inference_fields: ClassVar[tuple[str, ...]] = ("temperature", "kv_cache")
 
         def check(self) -> None:
-            if self.hidden % self.heads:
-                raise ValueError("hidden must be divisible by heads")
             if min(self.hidden, self.heads, self.ffn_hidden, self.layers) < 1:
                 raise ValueError("hidden, heads, ffn_hidden and layers must be at least 1")
+            if self.hidden % self.heads:
+                raise ValueError("hidden must be divisible by heads")
             if self.prefix < 0 or self.temperature < 0:
                 raise ValueError("prefix and temperature must be non-negative")
             check_choices(self, ce_reduce=("sum", "mean"))

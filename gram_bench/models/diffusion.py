@@ -216,10 +216,10 @@ class DiscreteDiffusion(Model):
 
 
 def check_diffusion(cfg) -> None:
-    if cfg.hidden % cfg.heads:
-        raise ValueError("hidden must be divisible by heads")
     if min(cfg.hidden, cfg.heads, cfg.blocks, cfg.enc_channels) < 1:
         raise ValueError("hidden, heads, blocks and enc_channels must be at least 1")
+    if cfg.hidden % cfg.heads:
+        raise ValueError("hidden must be divisible by heads")
 
 
 # ----------------------------------------------------------------------------- D3PM
