@@ -268,11 +268,25 @@ def run(task: str = typer.Option(..., "--task", help="Task name (see `gram-bench
         runs_dir: Path = typer.Option(Path("runs"), "--runs-dir"),
         data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Default: $GRAM_BENCH_DATA or ./data"),
         resume: bool = typer.Option(False, "--resume", help="Continue a stopped run from its checkpoint."),
-        force: bool = typer.Option(False, "--force", help="Delete an existing run directory and start over.")):
+        force: bool = typer.Option(False, "--force", help="Delete an existing run directory and start over."),
+        nproc: int = typer.Option(1, "--nproc", help="Data-parallel processes on this machine: launches "
+                                  "torchrun --nproc-per-node N (one per GPU, or gloo on CPU).")):
     """Train a model on a task, sample, verify, and write a run record."""
     from gram_bench.harness.config import resolve
     from gram_bench.harness.runner import run as run_one
 
+    if nproc < 1:
+        raise UsageError(f"--nproc must be at least 1, got {nproc}.")
+    if nproc > 1 and int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        args = ["run", "--task", task, "--model", model, "--profile", profile, "--device", device,
+                "--runs-dir", str(runs_dir)]
+        args += ["--seeds", seeds] if seeds else []
+        args += [a for kv in (set_ or []) for a in ("--set", kv)]
+        args += ["--samples", str(samples)] if samples is not None else []
+        args += ["--data-dir", str(data_dir)] if data_dir is not None else []
+        args += ["--resume"] if resume else []
+        args += ["--force"] if force else []
+        raise typer.Exit(launch_torchrun(nproc, args))
     sets = _sets(set_)
     if samples is not None:
         if samples < 1:
@@ -283,6 +297,18 @@ def run(task: str = typer.Option(..., "--task", help="Task name (see `gram-bench
     cfgs = [resolve(task, model, profile, sets, seed) for seed in parse_seeds(seeds)]
     for cfg in cfgs:
         run_one(cfg, runs_dir, default_data_dir(data_dir), device, resume=resume, force=force, console=console)
+
+
+def launch_torchrun(nproc: int, args: list[str]) -> int:
+    """Run `gram-bench ARGS` under `torchrun --standalone --nproc-per-node N` (an argument list,
+    never a shell string); returns its exit code."""
+    import subprocess
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+           "-m", "gram_bench"] + (["--debug"] if STATE["debug"] else []) + args
+    console.print(f"launching {nproc} processes: torchrun --standalone --nproc-per-node={nproc} -m gram_bench "
+                  + escape(" ".join(args)))
+    return subprocess.run(cmd).returncode
 
 
 @app.command("eval")

@@ -13,6 +13,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
+FIND_UNUSED = False  # every model's loss uses all its parameters (checked for each model under 2 processes)
+
 import torch
 import torch.distributed as dist
 
@@ -109,3 +111,35 @@ def mean_across(values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     dist.all_reduce(t)
     t = t / world_size()
     return {k: t[i] for i, k in enumerate(keys)}
+
+
+def barrier() -> None:
+    if world_size() > 1:
+        dist.barrier()
+
+
+def wrap_ddp(model: torch.nn.Module, device: torch.device) -> torch.nn.Module | None:
+    """A DistributedDataParallel view of `model` whose forward is `model.loss(batch, carry)`,
+    or None in a single process. Buffers are not broadcast (every rank keeps identical ones:
+    the sparse puzzle table is updated from the all-gathered rows)."""
+    if world_size() == 1:
+        return None
+    from torch.nn.parallel import DistributedDataParallel
+
+    import inspect
+
+    params = inspect.signature(DistributedDataParallel.__init__).parameters
+    # no buffer sync in forward (newer torch names the knob forward_sync_buffers; the buffers are
+    # identical at init anyway, every rank having built the model from the same seed)
+    sync = {"forward_sync_buffers": False} if "forward_sync_buffers" in params else {"broadcast_buffers": False}
+    return DistributedDataParallel(_LossForward(model), device_ids=[device.index] if device.type == "cuda" else None,
+                                   find_unused_parameters=FIND_UNUSED, **sync)
+
+
+class _LossForward(torch.nn.Module):
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch, carry):
+        return self.model.loss(batch, carry)

@@ -26,10 +26,19 @@ def eval_subset(n: int, limit: int, seed: int = 0) -> np.ndarray:
 @torch.no_grad()
 def evaluate(model, task, *, samples: int, steps: int, split: str = "test", limit: int = 0,
              batch_rows: int = 2048, device: torch.device, bf16: bool, seed: int = 0,
-             progress: Callable[[int, int], None] | None = None) -> tuple[list[dict], dict]:
-    """Returns (per-example records, summary). The global RNG is left untouched."""
+             progress: Callable[[int, int], None] | None = None, shard: bool = True) -> tuple[list[dict], dict]:
+    """Returns (per-example records, summary). The global RNG is left untouched.
+
+    Under torchrun each rank samples a contiguous shard of the inputs (rank r's sampling seed
+    is seed + r) and every rank gets all the records, in input order; the summary is
+    computed on rank 0 only (the others get {}). `shard=False`: this process alone evaluates
+    every input (e.g. rank 0's periodic eval during training)."""
+    from gram_bench.harness import dist
+
+    world, rank = (dist.world_size(), dist.rank()) if shard else (1, 0)
     es = task.eval_set(split)
     es = es.subset(eval_subset(len(es), limit))
+    n_all = len(es)
     was_training = model.training
     model.eval()
     per_chunk = max(1, batch_rows // samples)
@@ -38,7 +47,9 @@ def evaluate(model, task, *, samples: int, steps: int, split: str = "test", limi
     forks = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=forks):
         flops = flops_per_answer(model, es.inputs[:1].to(device), es.puzzle_ids[:1].to(device), steps)
-        torch.manual_seed(seed)
+        if world > 1:
+            es = es.subset(np.array_split(np.arange(n_all), world)[rank])
+        torch.manual_seed(seed + rank)
         for start in range(0, len(es), per_chunk):
             sl = slice(start, start + per_chunk)
             x = es.inputs[sl].to(device)
@@ -52,8 +63,12 @@ def evaluate(model, task, *, samples: int, steps: int, split: str = "test", limi
             records += example_records(es.ids[sl], es.n_solutions[sl], keys, fields, exact, scores, preds)
             if progress:
                 progress(min(start + per_chunk, len(es)), len(es))
+    if world > 1:  # every rank's records, in input order (the shards are contiguous)
+        records = [r for part in dist.gather_objects(records) for r in part]
     elapsed = time.perf_counter() - t0
     model.train(was_training)
+    if rank != 0:
+        return records, {}
     summary = {
         "schema_version": SCHEMA_VERSION,
         "split": split,
@@ -62,6 +77,7 @@ def evaluate(model, task, *, samples: int, steps: int, split: str = "test", limi
         "steps": steps,
         "limit": limit,
         "seed": seed,
+        "world_size": world,
         "ci_method": CI_METHOD,
         "seconds": round(elapsed, 3),
         "answers_per_second": round(len(records) * samples / max(elapsed, 1e-9), 2),

@@ -29,6 +29,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from gram_bench.harness import dist
 from gram_bench.harness.config import TRAIN_LOGGING, RunConfig, config_diff, save_config
 from gram_bench.harness.device import pick_device, use_bf16, autocast
 from gram_bench.harness.errors import RunFailed, UsageError
@@ -163,7 +164,11 @@ def build(cfg: RunConfig, data_root: Path, device: torch.device, console: Consol
     check_fit(cfg.task_name, cfg.model_name)
     task = TASKS.get(cfg.task_name)(cfg.task, data_root)
     if console is not None:
-        ensure_data(task, console)
+        if dist.is_main():  # under torchrun rank 0 builds, the others wait and verify
+            ensure_data(task, console)
+        dist.barrier()
+        if not dist.is_main():
+            task.verify_files()
     else:
         task.verify_files()
     torch.manual_seed(cfg.seed)
@@ -302,16 +307,31 @@ def _tree_to(obj, device):
 
 def run(cfg: RunConfig, runs_dir: Path = Path("runs"), data_root: Path = Path("data"), device_name: str = "auto",
         resume: bool = False, force: bool = False, console: Console | None = None) -> Path:
-    """Train and evaluate one (task, model, seed); returns the run directory."""
+    """Train and evaluate one (task, model, seed); returns the run directory.
+
+    Under torchrun (WORLD_SIZE > 1) every rank calls this: they join one process group, train
+    data-parallel and evaluate a shard each; rank 0 alone takes the lock and writes files."""
+    device_name = dist.init(device_name)
+    main = dist.is_main()
     console = console or Console()
+    if not main:
+        console = Console(quiet=True)
     device = pick_device(device_name)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     bf16 = use_bf16(cfg.train.precision, device)
     rdir = run_path(runs_dir, cfg)
-    if _refuse_or_skip(rdir, resume, force, console):
+    skip = _refuse_or_skip(rdir, resume, force, console, check_lock=main)
+    dist.barrier()  # every rank has read the status before rank 0 writes anything
+    if skip:
         return rdir
+    dist.local_batch(cfg.train.batch_size)  # refuses a global batch that does not split evenly
     task, model = build(cfg, data_root, device, console)
+    if not main:
+        with sigterm_as_exception():
+            train(cfg, task, model, rdir, device, bf16, console)
+            final_eval(cfg, task, model, rdir, device, bf16, console)
+        return rdir
     rdir.mkdir(parents=True, exist_ok=True)
     with run_lock(rdir), sigterm_as_exception():
         if _refuse_or_skip(rdir, resume, force, console, check_lock=False):  # again, now that we hold the lock
@@ -425,6 +445,8 @@ def train(cfg: RunConfig, task, model, rdir: Path, device: torch.device, bf16: b
     sampler = EpochSampler(len(data), cfg.seed)
     opt = make_optimizer(model, tc, device)
     ema = EMA(model, tc.ema) if tc.ema > 0 else None
+    ddp = dist.wrap_ddp(model, device)  # None in a single process
+    main, world = dist.is_main(), dist.world_size()
     step, carry, elapsed_before = 0, None, 0.0
     # running sums of the logged quantities since the last log line (checkpointed, so a
     # resumed run logs the same averages as an uninterrupted one)
@@ -444,8 +466,16 @@ def train(cfg: RunConfig, task, model, rdir: Path, device: torch.device, bf16: b
                     raise ValueError("its EMA weights do not match the model")
                 ema.shadow = shadow
             sampler.load_state_dict(ck["sampler"])
-            carry = _tree_to(ck["carry"], device) if ck.get("carry") is not None else None
-            _set_rng_state(ck["rng"], device)
+            if world == 1:
+                carry = _tree_to(ck["carry"], device) if ck.get("carry") is not None else None
+                _set_rng_state(ck["rng"], device)
+            elif len(ck.get("ranks") or []) == world:  # this rank's carry and RNG streams
+                mine = ck["ranks"][dist.rank()]
+                carry = _tree_to(mine["carry"], device) if mine.get("carry") is not None else None
+                _set_rng_state(mine["rng"], device)
+            else:  # another number of processes: fresh carried state and per-rank streams
+                carry = None
+                torch.manual_seed(cfg.seed + 1_000_003 * (dist.rank() + step))
             step, elapsed_before = int(ck["step"]), float(ck.get("elapsed", 0.0))
             acc = ck.get("log_acc") or {}
             sums.update({k: v.to(device) for k, v in (acc.get("sums") or {}).items()})
@@ -455,7 +485,7 @@ def train(cfg: RunConfig, task, model, rdir: Path, device: torch.device, bf16: b
             raise UsageError(f"{ckpt_path} cannot be resumed ({type(e).__name__}: {e}); use --force to start "
                              f"over.") from None
         ckpt_step = step
-        if log_path.exists():  # drop log lines written after the checkpoint (and a torn last line)
+        if main and log_path.exists():  # drop log lines written after the checkpoint (and a torn last line)
             try:
                 rows = read_jsonl(log_path)
             except ValueError as e:
@@ -464,24 +494,31 @@ def train(cfg: RunConfig, task, model, rdir: Path, device: torch.device, bf16: b
             atomic_write_text(log_path, "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in kept))
         console.print(f"resumed from step {step}")
     else:
-        if log_path.exists():
+        if main and log_path.exists():
             log_path.unlink()
         np.random.seed(cfg.seed)  # the global numpy and Python RNGs too (torch's was seeded by `build`):
         random.seed(cfg.seed)  # whatever a model or task draws from them is reproducible and checkpointed
+        if dist.rank() > 0:  # data parallel: every rank its own stream (rank 0 keeps the single-process one)
+            torch.manual_seed(cfg.seed + 1_000_003 * dist.rank())
     if step >= tc.steps:
         return
 
     def save(step_now: int, elapsed: float) -> None:
         nonlocal ckpt_step
+        ranks = None
+        if world > 1:  # every rank's carried state and RNG streams, gathered to rank 0
+            ranks = dist.gather_objects({"carry": _tree_to(carry, torch.device("cpu")), "rng": _rng_state(device)})
+        ckpt_step = step_now
+        if not main:
+            return
         atomic_torch_save(ckpt_path, {
             "step": step_now, "fingerprint": cfg.fingerprint(), "config": cfg.to_dict(),
             "model": model.state_dict(), "ema": ema.shadow if ema else None,
             "optimizer": opt.state_dict(), "sampler": sampler.state_dict(),
             "carry": carry, "rng": _rng_state(device), "elapsed": elapsed,
             "log_acc": {"sums": dict(sums), "n": n_acc, "examples": ex_log, "skipped": skipped},
-            "nonfinite_skipped": skipped_total,
+            "nonfinite_skipped": skipped_total, "world_size": world, "ranks": ranks,
         })
-        ckpt_step = step_now
 
     model.train()
     t_start = time.perf_counter()
@@ -490,20 +527,22 @@ def train(cfg: RunConfig, task, model, rdir: Path, device: torch.device, bf16: b
         tid = prog.add_task("train", total=tc.steps, completed=step, stats="")
         while step < tc.steps:
             idx = sampler.next(tc.batch_size).to(device)
-            batch = data.batch(idx)
+            batch = data.batch(dist.my_slice(idx))  # this rank's share of the global batch
             if carry is None:
                 carry = model.initial_carry(batch, device)
             lr = lr_at(step, tc)
             for g in opt.param_groups:
                 g["lr"] = lr
             with autocast(device, bf16):
-                loss, logs, new_carry = model.loss(batch, carry)
+                loss, logs, new_carry = ddp(batch, carry) if ddp is not None else model.loss(batch, carry)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            loss.backward()  # under DDP the gradients are averaged over ranks here
             gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
             parts = {"loss": loss.detach(), **{k: torch.as_tensor(v, device=device).detach() for k, v in logs.items()},
                      "grad_norm": gnorm.detach()}
             finite = bool(torch.isfinite(torch.cat([v.float().reshape(-1) for v in parts.values()])).all())
+            if world > 1:  # every rank takes the same decision
+                finite = not dist.any_rank(not finite)
             if finite:
                 opt.step()
                 model.sparse_step(lr / tc.lr)
@@ -533,12 +572,16 @@ def train(cfg: RunConfig, task, model, rdir: Path, device: torch.device, bf16: b
             ex_log += tc.batch_size
             if step % tc.log_every == 0 or step == tc.steps:
                 now = time.perf_counter()
-                row = {"step": step, "lr": lr, **{k: round(float(v) / n_acc, 5) for k, v in sums.items() if n_acc},
+                logged = dist.mean_across(dict(sums)) if world > 1 else sums  # averaged over ranks
+                row = {"step": step, "lr": lr, **{k: round(float(v) / n_acc, 5) for k, v in logged.items() if n_acc},
                        "examples_per_s": round(ex_log / max(now - t_log, 1e-9), 1),
                        "elapsed_s": round(elapsed_before + now - t_start, 2)}
                 if skipped:
                     row["nonfinite_skipped"] = skipped
-                append_jsonl(log_path, row)
+                if world > 1:
+                    row["world_size"] = world
+                if main:
+                    append_jsonl(log_path, row)
                 sums.clear()
                 n_acc, t_log, ex_log, skipped = 0, now, 0, 0
                 stats = f"loss {row.get('loss', float('nan')):.3f} acc {row.get('exact', 0):.2f} " \
@@ -546,18 +589,22 @@ def train(cfg: RunConfig, task, model, rdir: Path, device: torch.device, bf16: b
                 prog.update(tid, stats=stats)
                 if not console.is_terminal and step % max(tc.log_every, tc.steps // 20) < tc.log_every:
                     console.print(f"step {step}/{tc.steps} {stats} elapsed {row['elapsed_s']:.0f}s")
-            if tc.eval_every and step % tc.eval_every == 0 and step < tc.steps:
+            if main and tc.eval_every and step % tc.eval_every == 0 and step < tc.steps:
                 row = periodic_eval(cfg, task, model, ema, device, bf16)
                 append_jsonl(log_path, {"step": step, **row})
                 console.print(f"step {step}: " + " ".join(f"{k} {v:.3f}" for k, v in row.items()))
             if step % tc.checkpoint_every == 0 or step == tc.steps:
                 save(step, elapsed_before + time.perf_counter() - t_start)
             prog.update(tid, completed=step)
-            if tc.max_minutes and elapsed_before + time.perf_counter() - t_start > 60 * tc.max_minutes:
+            over = bool(tc.max_minutes) and elapsed_before + time.perf_counter() - t_start > 60 * tc.max_minutes
+            if world > 1 and tc.max_minutes:
+                over = dist.any_rank(over)  # all ranks stop at the same step
+            if over:
                 console.print(f"[yellow]train.max_minutes={tc.max_minutes} reached at step {step}; stopping "
                               f"training early[/]")
                 save(step, elapsed_before + time.perf_counter() - t_start)
-                append_jsonl(log_path, {"step": step, "stopped_early": True})
+                if main:
+                    append_jsonl(log_path, {"step": step, "stopped_early": True})
                 break
 
 
@@ -565,7 +612,8 @@ def periodic_eval(cfg: RunConfig, task, model, ema, device, bf16) -> dict:
     tc = cfg.train
     with (ema.applied(model) if ema else nullcontext()):
         _, summary = evaluate(model, task, samples=tc.eval_samples, steps=model.default_steps,
-                              limit=tc.eval_examples, batch_rows=cfg.eval.batch_size, device=device, bf16=bf16)
+                              limit=tc.eval_examples, batch_rows=cfg.eval.batch_size, device=device, bf16=bf16,
+                              shard=False)
     m = summary["metrics"]
     out = {"eval_accuracy_first": m["accuracy_first"]["value"], "eval_accuracy_oracle": m["accuracy_oracle"]["value"]}
     if "coverage" in m:
@@ -603,6 +651,8 @@ def final_eval(cfg: RunConfig, task, model, rdir: Path, device, bf16, console: C
         records, summary = evaluate(model, task, samples=samples, steps=steps, split=ec.split, limit=ec.limit,
                                     batch_rows=ec.batch_size, device=device, bf16=bf16,
                                     progress=lambda i, n: prog.update(tid, completed=i, total=n))
+    if not dist.is_main():  # under torchrun rank 0 writes the gathered records
+        return summary
     name = name or eval_name(ec.split, samples, steps, own=True)
     summary["model_params"] = model.num_params()
     summary["ema"] = ema_state is not None
@@ -643,13 +693,16 @@ def evaluate_run(run_dir: Path, widths: list[int], depths: list[int], *, select:
 
     from gram_bench.harness.config import build_dataclass, load_config
 
+    device_name = dist.init(device_name)  # under torchrun: shard the inputs, rank 0 writes
     console = console or Console()
+    if not dist.is_main():
+        console = Console(quiet=True)
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").exists():
         raise UsageError(f"{run_dir} is not a run directory (no config.yaml); pass runs/<task>/<model>/<run-id>.")
     if not (run_dir / "checkpoint.pt").exists():
         raise UsageError(f"{run_dir} has no checkpoint.pt; train it first with gram-bench run ... --resume.")
-    if is_locked(run_dir):
+    if dist.is_main() and is_locked(run_dir):
         raise UsageError(in_use_message(run_dir))
     cfg = load_config(run_dir / "config.yaml")
     sets = dict(sets or {})
@@ -676,12 +729,13 @@ def evaluate_run(run_dir: Path, widths: list[int], depths: list[int], *, select:
         torch.set_num_threads(cfg.train.threads)
     task, model = build(cfg, data_root, device)
     out = []
-    with run_lock(run_dir):
+    with run_lock(run_dir) if dist.is_main() else nullcontext():
         status = read_status(run_dir)
-        if status != "finished":
+        if status != "finished" and dist.is_main():
             console.print(f"[yellow]note:[/] {escape(str(run_dir))} is not finished (status: {escape(str(status))}); "
                           f"evaluating its last checkpoint")
-        remove_stale_temp(run_dir / "eval")
+        if dist.is_main():
+            remove_stale_temp(run_dir / "eval")
         for n in widths or [cfg.eval.samples]:
             for d in depths or [cfg.eval.steps or model.default_steps]:
                 name = safe_name(eval_name(cfg.eval.split, n, d, limit=cfg.eval.limit if cfg.eval.limit != own_limit
