@@ -5,17 +5,42 @@ Everything is written under pytest's tmp dirs; nothing goes into the repository.
 
 from __future__ import annotations
 
+import io
 import re
 import shutil
 from pathlib import Path
 
 import pytest
+import torch
+from rich.console import Console
 from typer.testing import CliRunner
 
 from gram_bench.harness.cli import app
 from gram_bench.harness.config import resolve
 from gram_bench.harness.rundir import run_path
 from gram_bench.tasks.nqueens import NQueens
+
+
+def quiet() -> Console:
+    """A console that prints nowhere (runs called in-process)."""
+    return Console(file=io.StringIO())
+
+
+def assert_same(a, b, path="ckpt"):
+    """Exact equality of nested checkpoint contents (tensors with torch.equal)."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), path
+    elif isinstance(a, dict):
+        assert set(a) == set(b), path
+        for k in a:
+            assert_same(a[k], b[k], f"{path}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert type(a) is type(b) and len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same(x, y, f"{path}[{i}]")
+    else:
+        assert a == b, path
+
 
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 

@@ -9,12 +9,14 @@ import pytest
 from gram_bench.harness.bench import matmul_flops, parse_compare
 from gram_bench.harness.errors import UsageError
 
+BENCH = ("bench", "--task", "nqueens", "--model", "trm", "--profile", "smoke", "--device", "cpu", "--steps", "2",
+         "--sample-batch", "2")
+
 
 def test_bench_writes_every_figure(cli, tmp_path, data_root):
     out = tmp_path / "b.json"
-    res = cli("bench", "--task", "nqueens", "--model", "trm", "--profile", "smoke", "--device", "cpu",
-              "--steps", "2", "--warmup", "1", "--samples", "1,4", "--sample-batch", "2",
-              "--set", "train.precision=fp32", "--data-dir", data_root, "-o", out)
+    res = cli(*BENCH, "--warmup", "1", "--samples", "1,4", "--set", "train.precision=fp32", "--data-dir", data_root,
+              "-o", out)
     assert res.exit_code == 0, res.output
     r = json.loads(out.read_text())
     (s,) = r["settings"]
@@ -30,9 +32,8 @@ def test_bench_writes_every_figure(cli, tmp_path, data_root):
 
 def test_bench_compare_alternates_settings_and_reports_ratios(cli, tmp_path, data_root):
     out = tmp_path / "c.json"
-    res = cli("bench", "--task", "nqueens", "--model", "trm", "--profile", "smoke", "--device", "cpu",
-              "--steps", "2", "--warmup", "0", "--samples", "1", "--sample-batch", "2",
-              "--compare", "train.batch_size=4,8", "--data-dir", data_root, "-o", out)
+    res = cli(*BENCH, "--warmup", "0", "--samples", "1", "--compare", "train.batch_size=4,8", "--data-dir", data_root,
+              "-o", out)
     assert res.exit_code == 0, res.output
     r = json.loads(out.read_text())
     assert [s["label"] for s in r["settings"]] == ["train.batch_size=4", "train.batch_size=8"]

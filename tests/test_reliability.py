@@ -11,7 +11,6 @@ random schedule (printed on failure)."""
 from __future__ import annotations
 
 import fcntl
-import io
 import json
 import os
 import pickle
@@ -25,7 +24,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from rich.console import Console
 
 import gram_bench
 import gram_bench.harness.runner as runner
@@ -37,29 +35,11 @@ from gram_bench.leaderboards import load_runs
 from gram_bench.leaderboards.export import export
 from gram_bench.leaderboards.tables import build_table
 
+from conftest import assert_same, quiet
+
 REPO = Path(gram_bench.__file__).resolve().parents[1]
 TIMING = ("examples_per_s", "elapsed_s")  # wall-clock fields: the only ones allowed to differ
 SMOKE = ("--profile", "smoke", "--device", "cpu")
-
-
-def quiet() -> Console:
-    return Console(file=io.StringIO())
-
-
-def same(a, b, path="ckpt"):
-    """Exact equality of nested checkpoint contents (tensors bit for bit)."""
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), path
-    elif isinstance(a, dict):
-        assert set(a) == set(b), path
-        for k in a:
-            same(a[k], b[k], f"{path}.{k}")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), path
-        for i, (x, y) in enumerate(zip(a, b)):
-            same(x, y, f"{path}[{i}]")
-    else:
-        assert a == b, path
 
 
 def untimed(rows: list[dict]) -> list[dict]:
@@ -85,7 +65,7 @@ def assert_final_equal(rdir: Path, ref: Path) -> None:
     ck = runner.load_checkpoint(rdir / "checkpoint.pt")
     want = runner.load_checkpoint(ref / "checkpoint.pt")
     for part in ("step", "model", "ema", "optimizer", "sampler", "carry", "rng", "log_acc", "fingerprint", "config"):
-        same(ck[part], want[part], part)
+        assert_same(ck[part], want[part], part)
     assert untimed(read_jsonl(rdir / "train.jsonl")) == untimed(read_jsonl(ref / "train.jsonl"))
     assert read_jsonl_gz(rdir / "eval/test.examples.jsonl.gz") == read_jsonl_gz(ref / "eval/test.examples.jsonl.gz")
     got, exp = (json.loads((d / "eval/test.json").read_text()) for d in (rdir, ref))

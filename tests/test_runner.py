@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
-import io
 
 import numpy as np
 import pytest
 import torch
-from rich.console import Console
 
 import gram_bench.harness.runner as runner
 from gram_bench.harness.config import load_config, resolve
@@ -17,28 +15,10 @@ from gram_bench.harness.io import atomic_write_jsonl_gz, read_jsonl, read_jsonl_
 from gram_bench.harness.rundir import read_status, run_path
 from gram_bench.tasks.nqueens import NQueens
 
+from conftest import assert_same, quiet
+
 CPU = torch.device("cpu")
 Z0 = {"gram": ("h0", "l0"), "trm": ("y0", "z0")}
-
-
-def quiet() -> Console:
-    return Console(file=io.StringIO())
-
-
-def assert_same(a, b, path="ckpt"):
-    """Exact equality of nested checkpoint contents (tensors with torch.equal)."""
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), path
-    elif isinstance(a, dict):
-        assert set(a) == set(b), path
-        for k in a:
-            assert_same(a[k], b[k], f"{path}.{k}")
-    elif isinstance(a, (list, tuple)):
-        assert type(a) is type(b) and len(a) == len(b), path
-        for i, (x, y) in enumerate(zip(a, b)):
-            assert_same(x, y, f"{path}[{i}]")
-    else:
-        assert a == b, path
 
 
 # ----------------------------------------------------------------------------- checkpoint

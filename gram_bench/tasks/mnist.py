@@ -310,8 +310,9 @@ class Mnist(Task):
     def extra_metrics(self, records: list[dict]) -> dict[str, dict]:
         """IS and FID with the mnistnet features (and Inception, when given), distinct images and
         the mean pairwise Hamming distance, over every sample of every record."""
-        from gram_bench.metrics.images import (IMAGE_CI_METHOD, fid, grouped_bootstrap, inception_features,
-                                               inception_score, mean_pairwise_hamming, mnistnet_outputs)
+        from gram_bench.metrics.images import (IMAGE_CI_METHOD, fid, gaussian_stats, grouped_bootstrap,
+                                               inception_features, inception_score, mean_pairwise_hamming,
+                                               mnistnet_outputs)
 
         if not records or "packed" not in records[0]:
             return {}
@@ -343,8 +344,6 @@ class Mnist(Task):
                 raise UsageError(f"Inception file {path} does not exist; give a TorchScript file with task.inception "
                                  f"or {ENV_INCEPTION}.")
             ref_inc = inception_features(path, self.arrays()["heldout_images"] / 255.0)
-            from gram_bench.metrics.images import gaussian_stats
-
             imu, icov = gaussian_stats(ref_inc)
             f_inc = inception_features(path, bits.astype(np.float32))
             out["fid_inception"] = metric(grouped_bootstrap(idx, lambda i: fid(f_inc[i], imu, icov)))
