@@ -55,3 +55,24 @@ def test_matmul_reference_counts_two_n_cubed():
     m = matmul_flops(torch.device("cpu"), torch.float32, n=64, repeats=2)
     assert m["flops_per_s"] == pytest.approx(2 * 64 ** 3 / m["seconds"])
     assert m["flops_per_s"] >= m["median_flops_per_s"]  # the peak is the best repeat
+
+
+def test_train_compile_compiles_every_block_stack_in_place(monkeypatch, data_root):
+    """`train.compile=true` (and `bench --compile`) compiles the block stacks in place, so
+    parameter names, and so checkpoints, are those of the eager model; the flag is an
+    execution setting, outside the run's identity."""
+    import torch
+
+    from gram_bench.harness.config import resolve
+    from gram_bench.harness.runner import build
+    from gram_bench.models.layers import Stack
+
+    compiled = []
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kw: compiled.append((type(self), kw)))
+    eager = resolve("nqueens", "gram", "smoke", {})
+    cfg = resolve("nqueens", "gram", "smoke", {"train.compile": True})
+    assert cfg.fingerprint() == eager.fingerprint()
+    _, model = build(cfg, data_root, torch.device("cpu"))
+    assert compiled == [(Stack, {"dynamic": False})] * 2  # f_L and f_H
+    _, plain = build(eager, data_root, torch.device("cpu"))
+    assert list(model.state_dict()) == list(plain.state_dict()) and len(compiled) == 2

@@ -1,8 +1,9 @@
 """`gram-bench bench`: speed, FLOPs and memory of one task x model x profile, in one process.
 
 For each setting (one, or two or more with `--compare KEY=V1,V2`):
-- **train**: `warmup` optimizer steps, then `steps` timed steps (the runner's step: the
-  model's loss, backward, gradient clipping, AdamW, the sparse puzzle update); the median
+- **train**: `warmup` optimizer steps, then `steps` timed steps (the runner's own
+  `train_step`: the model's loss, backward, gradient clipping, the finiteness check, AdamW,
+  the sparse puzzle update); the median
   step time, examples/s, the loss of every timed step, FLOPs per step (forward + backward,
   counted once by `torch.utils.flop_counter`), achieved FLOP/s = FLOPs / median step time,
   and its ratio to the peak (best of 9) of a large matmul timed in the same process and
@@ -102,15 +103,13 @@ def count_flops(fn: Callable[[], object]) -> int:
 class Setting:
     """A task, a model and its optimizer built from one resolved config, stepped on demand."""
 
-    def __init__(self, label: str, cfg, data_root: Path, device: torch.device, console, compile_core: bool):
+    def __init__(self, label: str, cfg, data_root: Path, device: torch.device, console):
         from gram_bench.harness.runner import EpochSampler, build, make_optimizer
 
         self.label, self.cfg, self.device = label, cfg, device
         self.threads = cfg.train.threads or torch.get_num_threads()  # applied around each of its steps
         self.bf16 = use_bf16(cfg.train.precision, device)
-        self.task, self.model = build(cfg, data_root, device, console)
-        if compile_core:
-            compile_cores(self.model)
+        self.task, self.model = build(cfg, data_root, device, console)  # compiled with train.compile
         self.data = self.task.train_set().to(device)
         self.sampler = EpochSampler(len(self.data), cfg.seed)
         self.opt = make_optimizer(self.model, cfg.train, device)
@@ -132,18 +131,17 @@ class Setting:
             self.cuda_rng = torch.cuda.get_rng_state(self.device)
 
     def _step(self) -> torch.Tensor:
+        """The runner's own training step (`runner.train_step`), at the base learning rate."""
+        from gram_bench.harness.runner import train_step
+
         tc = self.cfg.train
         batch = self.data.batch(self.sampler.next(tc.batch_size).to(self.device))
         if self.carry is None:
             self.carry = self.model.initial_carry(batch, self.device)
-        with autocast(self.device, self.bf16):
-            loss, _, self.carry = self.model.loss(batch, self.carry)
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
-        self.opt.step()
-        self.model.sparse_step(1.0)
-        return loss.detach()
+        finite, parts, carry = train_step(self.model, self.opt, batch, self.carry, device=self.device,
+                                          bf16=self.bf16, grad_clip=tc.grad_clip)
+        self.carry = carry if finite else None
+        return parts["loss"]
 
     def step(self, timed: bool) -> None:
         self._enter()
@@ -192,20 +190,6 @@ class Setting:
                 "answers_per_s": x.shape[0] * n / med, "flops_per_answer": flops}
 
 
-def compile_cores(model: torch.nn.Module) -> int:
-    """torch.compile (static shapes) every block stack of the model: the recursive step's
-    network calls (and the DiT blocks); returns how many modules were compiled."""
-    from gram_bench.models.diffusion import DiTBlock
-    from gram_bench.models.layers import Stack
-
-    k = 0
-    for m in model.modules():
-        if isinstance(m, (Stack, DiTBlock)):
-            m.compile(dynamic=False)
-            k += 1
-    return k
-
-
 # ----------------------------------------------------------------------------- the command
 
 
@@ -235,6 +219,8 @@ def bench(task: str, model: str, profile: str = "cpu", sets: dict | None = None,
     if threads:
         torch.set_num_threads(threads)
     sets = dict(sets or {})
+    if compile_core:
+        sets["train.compile"] = True
     if batch is not None:
         if batch < 1:
             raise UsageError(f"--batch must be at least 1, got {batch}.")
@@ -245,7 +231,7 @@ def bench(task: str, model: str, profile: str = "cpu", sets: dict | None = None,
     if cmp is not None and cmp[0] == "train.batch_size" and batch is not None:
         raise UsageError("--batch and --compare train.batch_size=... contradict each other; pass one of them.")
     cfgs = [(label, resolve(task, model, profile, s)) for label, s in variants]
-    settings = [Setting(label, cfg, data_root, device, console, compile_core) for label, cfg in cfgs]
+    settings = [Setting(label, cfg, data_root, device, console) for label, cfg in cfgs]
     for s in settings:  # warm-up (and compilation), not timed
         for _ in range(warmup):
             s.step(timed=False)
@@ -268,7 +254,7 @@ def bench(task: str, model: str, profile: str = "cpu", sets: dict | None = None,
         width = rates[str(hi)]["answers_per_s"] / rates[str(lo)]["answers_per_s"] if hi != lo else 1.0
         out_settings.append({
             "label": s.label, "sets": dict(s.cfg.overrides), "params": s.model.num_params(),
-            "bf16": s.bf16, "batch": s.cfg.train.batch_size, "threads": s.threads,
+            "bf16": s.bf16, "batch": s.cfg.train.batch_size, "threads": s.threads, "compile": s.cfg.train.compile,
             "train": {"step_s_median": med, "step_s_q1": q[0], "step_s_q3": q[2],
                       "examples_per_s": s.cfg.train.batch_size / med, "flops_per_step": flops,
                       "achieved_flops_per_s": achieved, "matmul": mm,

@@ -403,7 +403,7 @@ def bench(task: str = typer.Option(..., "--task", help="Task name (see `gram-ben
           compare: Optional[str] = typer.Option(None, "--compare", help="KEY=V1,V2: time each value, alternating "
                                                 "in one process, e.g. train.precision=fp32,bf16."),
           compile_core: bool = typer.Option(False, "--compile", help="torch.compile the block stacks "
-                                            "(static shapes)."),
+                                            "(static shapes); the same as --set train.compile=true."),
           threads: int = typer.Option(0, "--threads", help="torch intra-op threads (0 = torch's default)."),
           set_: Optional[List[str]] = typer.Option(None, "--set", help="KEY=VALUE override, repeatable."),
           device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),

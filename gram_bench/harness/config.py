@@ -49,6 +49,7 @@ class TrainConfig:
     threads: int = 0  # torch intra-op threads; 0 = torch's default
     max_minutes: float = 0.0  # stop training early after this wall time; 0 = no limit
     nonfinite: str = "stop"  # a NaN/inf loss or gradient: stop (fail the run) | skip (drop the step)
+    compile: bool = False  # torch.compile the block stacks (static shapes); pays on a GPU, not on a small CPU
 
 
 @dataclass(frozen=True)
@@ -100,10 +101,10 @@ class RunConfig:
 
 
 # train fields that do not enter a run's identity (its fingerprint, and the tables' override
-# matching): logging, checkpointing, threads, time limits, and the non-finite policy (so that
-# `--resume --set train.nonfinite=skip` continues a run that stopped on a NaN)
+# matching): logging, checkpointing, threads, compilation, time limits, and the non-finite
+# policy (so that `--resume --set train.nonfinite=skip` continues a run that stopped on a NaN)
 TRAIN_LOGGING = ("log_every", "eval_every", "eval_examples", "eval_samples", "checkpoint_every", "threads",
-                 "max_minutes", "nonfinite")
+                 "max_minutes", "nonfinite", "compile")
 MAX_SEED = 2 ** 32 - 1
 _INT64 = 2 ** 63
 

@@ -173,7 +173,24 @@ def build(cfg: RunConfig, data_root: Path, device: torch.device, console: Consol
         task.verify_files()
     torch.manual_seed(cfg.seed)
     model = MODELS.get(cfg.model_name)(cfg.model, task.layout).to(device)
+    if cfg.train.compile:
+        compile_cores(model)
     return task, model
+
+
+def compile_cores(model: torch.nn.Module) -> int:
+    """torch.compile (static shapes) every block stack of the model in place: the recursive
+    step's network calls (and the DiT blocks). Parameter names, and so checkpoints, are
+    unchanged. Returns how many modules were compiled."""
+    from gram_bench.models.diffusion import DiTBlock
+    from gram_bench.models.layers import Stack
+
+    k = 0
+    for m in model.modules():
+        if isinstance(m, (Stack, DiTBlock)):
+            m.compile(dynamic=False)
+            k += 1
+    return k
 
 
 CHECKPOINT_KEYS = ("step", "fingerprint", "config", "model", "optimizer", "sampler", "rng")
@@ -439,6 +456,36 @@ def make_optimizer(model: torch.nn.Module, tc, device: torch.device) -> torch.op
                              lr=tc.lr, betas=(tc.beta1, tc.beta2), fused=device.type == "cuda")
 
 
+def train_step(model, opt, batch: dict, carry, *, device: torch.device, bf16: bool, grad_clip: float,
+               lr_scale: float = 1.0, ddp=None, ema=None, step: int = 0):
+    """One optimizer step, as `train` and `gram-bench bench` both run it: the model's loss
+    (through `ddp` when data parallel), backward, gradient clipping, and, only if the loss, its
+    logged parts and the gradient norm are all finite (on every rank), AdamW, the sparse
+    puzzle update (`lr_scale` = schedule lr / base lr) and the EMA.
+
+    Returns (finite, parts, new_carry): `parts` holds the detached loss, the model's logged
+    values and `grad_norm`. After a non-finite step nothing was updated and the gradients are
+    left in place, so the caller can name the parameter (see `train.nonfinite`); the next
+    step clears them before its backward."""
+    with autocast(device, bf16):
+        loss, logs, new_carry = ddp(batch, carry) if ddp is not None else model.loss(batch, carry)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()  # under DDP the gradients are averaged over ranks here
+    gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    parts = {"loss": loss.detach(), **{k: torch.as_tensor(v, device=device).detach() for k, v in logs.items()},
+             "grad_norm": gnorm.detach()}
+    # one host sync per step: the decision must be taken before the update is applied
+    finite = bool(torch.isfinite(torch.cat([v.float().reshape(-1) for v in parts.values()])).all())
+    if dist.world_size() > 1:  # every rank takes the same decision
+        finite = not dist.any_rank(not finite)
+    if finite:
+        opt.step()
+        model.sparse_step(lr_scale)
+        if ema is not None:
+            ema.update(model, step)
+    return finite, parts, new_carry
+
+
 def train(cfg: RunConfig, task, model, rdir: Path, device: torch.device, bf16: bool, console: Console) -> None:
     tc = cfg.train
     data = task.train_set().to(device)
@@ -533,24 +580,13 @@ def train(cfg: RunConfig, task, model, rdir: Path, device: torch.device, bf16: b
             lr = lr_at(step, tc)
             for g in opt.param_groups:
                 g["lr"] = lr
-            with autocast(device, bf16):
-                loss, logs, new_carry = ddp(batch, carry) if ddp is not None else model.loss(batch, carry)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()  # under DDP the gradients are averaged over ranks here
-            gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-            parts = {"loss": loss.detach(), **{k: torch.as_tensor(v, device=device).detach() for k, v in logs.items()},
-                     "grad_norm": gnorm.detach()}
-            finite = bool(torch.isfinite(torch.cat([v.float().reshape(-1) for v in parts.values()])).all())
-            if world > 1:  # every rank takes the same decision
-                finite = not dist.any_rank(not finite)
+            finite, parts, new_carry = train_step(model, opt, batch, carry, device=device, bf16=bf16,
+                                                  grad_clip=tc.grad_clip, lr_scale=lr / tc.lr, ddp=ddp,
+                                                  ema=ema, step=step)
             if finite:
-                opt.step()
-                model.sparse_step(lr / tc.lr)
-                if ema is not None:
-                    ema.update(model, step)
                 carry, in_a_row = new_carry, 0
-                for k, v in {"loss": loss.detach(), "grad_norm": gnorm.detach(), **logs}.items():
-                    sums[k] = sums[k] + v.float()
+                for k in ("loss", "grad_norm", *(k for k in parts if k not in ("loss", "grad_norm"))):
+                    sums[k] = sums[k] + parts[k].float()
                 n_acc += 1
             else:
                 what = f"non-finite {_nonfinite_report(parts, model)} at step {step + 1}"
@@ -559,13 +595,13 @@ def train(cfg: RunConfig, task, model, rdir: Path, device: torch.device, bf16: b
                 if tc.nonfinite == "stop":
                     raise RunFailed(f"{what}; the update was not applied and {kept}. Lower train.lr, or resume with "
                                     f"--set train.nonfinite=skip to drop such steps.")
+                opt.zero_grad(set_to_none=True)  # the step is dropped: no optimizer, sparse or EMA update
                 in_a_row += 1
                 skipped += 1
                 skipped_total += 1
                 if in_a_row > MAX_CONSECUTIVE_SKIPS:
                     raise RunFailed(f"{what}, the {in_a_row}th such step in a row (train.nonfinite=skip gives up "
                                     f"after {MAX_CONSECUTIVE_SKIPS}); {kept}. Lower train.lr.")
-                opt.zero_grad(set_to_none=True)  # drop the step: no optimizer, sparse or EMA update
                 carry = None  # and restart the carried state (it came from the bad forward)
                 console.print(f"[yellow]skipped step {step + 1}: {escape(what)}[/]")
             step += 1
