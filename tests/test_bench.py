@@ -76,3 +76,14 @@ def test_train_compile_compiles_every_block_stack_in_place(monkeypatch, data_roo
     assert compiled == [(Stack, {"dynamic": False})] * 2  # f_L and f_H
     _, plain = build(eager, data_root, torch.device("cpu"))
     assert list(model.state_dict()) == list(plain.state_dict()) and len(compiled) == 2
+
+
+def test_train_compile_without_a_cpp_compiler_is_refused_up_front(monkeypatch, cli, tmp_path, data_root):
+    import shutil
+
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    monkeypatch.delenv("CXX", raising=False)
+    res = cli("run", "--task", "nqueens", "--model", "trm", "--profile", "smoke", "--device", "cpu",
+              "--set", "train.compile=true", "--data-dir", data_root, "--runs-dir", tmp_path / "runs")
+    assert res.exit_code == 2 and "needs a C++ compiler" in res.text, res.output
+    assert not (tmp_path / "runs").exists()

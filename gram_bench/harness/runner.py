@@ -162,6 +162,8 @@ def build(cfg: RunConfig, data_root: Path, device: torch.device, console: Consol
     """The task (its data built first when `console` is given: a layout may depend on the data,
     e.g. ARC's number of puzzle ids) and the model, initialised from the run's seed."""
     check_fit(cfg.task_name, cfg.model_name)
+    if cfg.train.compile:
+        check_compiler(device)
     task = TASKS.get(cfg.task_name)(cfg.task, data_root)
     if console is not None:
         if dist.is_main():  # under torchrun rank 0 builds, the others wait and verify
@@ -176,6 +178,17 @@ def build(cfg: RunConfig, data_root: Path, device: torch.device, console: Consol
     if cfg.train.compile:
         compile_cores(model)
     return task, model
+
+
+def check_compiler(device: torch.device) -> None:
+    """torch.compile on a CPU builds C++ kernels: refuse up front when no compiler is found
+    (inductor would fail inside the first training step)."""
+    import os
+    import shutil
+
+    if device.type == "cpu" and not any(shutil.which(c) for c in (os.environ.get("CXX") or "c++", "g++", "clang++")):
+        raise UsageError("train.compile=true on a CPU needs a C++ compiler (c++, g++ or clang++ on PATH, or $CXX); "
+                         "install one, or drop train.compile.")
 
 
 def compile_cores(model: torch.nn.Module) -> int:
