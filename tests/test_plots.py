@@ -89,6 +89,9 @@ def test_every_plot_writes_png_and_svg(kind, runs, tmp_path):
     png, svg = paths
     assert png.read_bytes().startswith(b"\x89PNG") and png.stat().st_size > 1000
     assert b"<svg" in svg.read_bytes()[:2000] and svg.stat().st_size > 1000
+    # the same data renders to the same bytes (results/ diffs only when the results change)
+    again = plot(kind, runs, tmp_path / "again" / f"{kind}.png")
+    assert [p.read_bytes() for p in again] == [png.read_bytes(), svg.read_bytes()]
 
 
 def test_scaling_frame_recomputes_widths_from_records(runs):

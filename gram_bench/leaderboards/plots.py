@@ -141,10 +141,10 @@ def plot(kind: str, run_dirs: list[Path], out: Path, select: str = "vote") -> li
             raise UsageError("No eval records to plot; run `gram-bench eval RUN --samples 1,5,20 --steps 8,16`.")
         fig, axes = plt.subplots(1, 2, figsize=(10, 4))
         sns.lineplot(df, x="samples", y="value", hue="steps", style="run", marker="o", ax=axes[0],
-                     palette="viridis")
+                     palette="viridis", seed=0)
         axes[0].set(xscale="log", xlabel="samples N (width)", ylabel=f"accuracy ({select}) %")
         sns.lineplot(df, x="steps", y="value", hue="samples", style="run", marker="o", ax=axes[1],
-                     palette="magma")
+                     palette="magma", seed=0)
         axes[1].set(xscale="log", xlabel="supervision steps (depth)", ylabel=f"accuracy ({select}) %")
     elif kind == "coverage":
         df = scaling_frame(run_dirs, select)
@@ -152,14 +152,14 @@ def plot(kind: str, run_dirs: list[Path], out: Path, select: str = "vote") -> li
         if df.empty:
             raise UsageError("No coverage in these runs' records (the task has no multi-solution reference).")
         fig, ax = plt.subplots(figsize=(5.5, 4))
-        sns.lineplot(df, x="samples", y="value", hue="run", style="steps", marker="o", ax=ax)
+        sns.lineplot(df, x="samples", y="value", hue="run", style="steps", marker="o", seed=0, ax=ax)
         ax.set(xscale="log", xlabel="samples N", ylabel="coverage %")
     elif kind == "solutions":
         df = solutions_frame(run_dirs, select)
         if df.empty:
             raise UsageError("No eval records to plot.")
         fig, ax = plt.subplots(figsize=(6, 4))
-        sns.lineplot(df, x="bin", y="accuracy", hue="run", marker="o", errorbar=("ci", 95), ax=ax)
+        sns.lineplot(df, x="bin", y="accuracy", hue="run", marker="o", errorbar=("ci", 95), seed=0, ax=ax)
         bins = sorted(df["bin"].unique())
         ax.set_xticks(bins, [bin_label(b) for b in bins])
         ax.set(xlabel="valid solutions of the input (binned)", ylabel=f"accuracy ({select}) %")
@@ -170,7 +170,7 @@ def plot(kind: str, run_dirs: list[Path], out: Path, select: str = "vote") -> li
         qs = [q for q in ("loss", "kl", "eval_accuracy_first", "eval_coverage") if q in set(df["quantity"])]
         fig, axes = plt.subplots(1, len(qs), figsize=(4 * len(qs), 3.5), squeeze=False)
         for ax, q in zip(axes[0], qs):
-            sns.lineplot(df[df["quantity"] == q], x="step", y="value", hue="run", ax=ax, legend=ax is axes[0][0])
+            sns.lineplot(df[df["quantity"] == q], x="step", y="value", hue="run", ax=ax, legend=ax is axes[0][0], seed=0)
             ax.set(title=q, ylabel="")
     return _save(fig, out)
 
@@ -213,7 +213,9 @@ def _save(fig, out: Path) -> list[Path]:
     paths = [out.with_suffix(".png"), out.with_suffix(".svg")]
     for p in paths:  # rendered in memory, then written atomically (a run directory holds plots too)
         buf = io.BytesIO()
-        fig.savefig(buf, dpi=150, format=p.suffix[1:])
+        # byte-identical output for identical data: no creation date, fixed SVG element ids
+        with plt.rc_context({"svg.hashsalt": "gram-bench"}):
+            fig.savefig(buf, dpi=150, format=p.suffix[1:], metadata={"Date": None} if p.suffix == ".svg" else None)
         atomic_write_bytes(p, buf.getvalue())
     plt.close(fig)
     return paths
