@@ -104,7 +104,7 @@ class Setting:
     """A task, a model and its optimizer built from one resolved config, stepped on demand."""
 
     def __init__(self, label: str, cfg, data_root: Path, device: torch.device, console):
-        from gram_bench.harness.runner import EpochSampler, build, make_optimizer
+        from gram_bench.harness.runner import EpochSampler, build, make_optimizer, train_step
 
         self.label, self.cfg, self.device = label, cfg, device
         self.threads = cfg.train.threads or torch.get_num_threads()  # applied around each of its steps
@@ -114,6 +114,7 @@ class Setting:
         self.sampler = EpochSampler(len(self.data), cfg.seed)
         self.opt = make_optimizer(self.model, cfg.train, device)
         self.carry = None
+        self.train_step = train_step  # the runner's own step
         self.rng = torch.get_rng_state()
         self.cuda_rng = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
         self.losses: list[float] = []
@@ -132,13 +133,11 @@ class Setting:
 
     def _step(self) -> torch.Tensor:
         """The runner's own training step (`runner.train_step`), at the base learning rate."""
-        from gram_bench.harness.runner import train_step
-
         tc = self.cfg.train
         batch = self.data.batch(self.sampler.next(tc.batch_size).to(self.device))
         if self.carry is None:
             self.carry = self.model.initial_carry(batch, self.device)
-        finite, parts, carry = train_step(self.model, self.opt, batch, self.carry, device=self.device,
+        finite, parts, carry = self.train_step(self.model, self.opt, batch, self.carry, device=self.device,
                                           bf16=self.bf16, grad_clip=tc.grad_clip)
         self.carry = carry if finite else None
         return parts["loss"]
