@@ -77,3 +77,29 @@ def test_single_process_helpers_are_no_ops():
     idx = torch.arange(10)
     assert torch.equal(dist.my_slice(idx), idx)
     assert dist.gather_objects({"a": 1}) == [{"a": 1}] and dist.any_rank(True) and not dist.any_rank(False)
+
+
+@pytest.mark.parametrize("argv, code", [(["list", "tasks"], 0), (["run", "--task", "nope", "--model", "gram"], 2)])
+def test_the_cli_leaves_the_process_group_on_every_exit(monkeypatch, argv, code):
+    """A group left alive at interpreter exit kills the rank with SIGABRT (torchrun then fails
+    the run at random): `main` destroys it on success and on error alike."""
+    import socket
+    import sys
+
+    import torch.distributed as tdist
+
+    from gram_bench.harness.cli import main
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    tdist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    monkeypatch.setattr(sys, "argv", ["gram-bench", *argv])
+    try:
+        with pytest.raises(SystemExit) as exc:
+            main()
+        assert exc.value.code == code
+        assert not tdist.is_initialized()
+    finally:
+        if tdist.is_initialized():
+            tdist.destroy_process_group()

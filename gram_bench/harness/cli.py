@@ -524,7 +524,12 @@ def plot(kind: str = typer.Argument(..., help="scaling | solutions | coverage | 
 
 
 def main() -> None:
-    app()
+    from gram_bench.harness import dist
+
+    try:
+        app()
+    finally:  # SystemExit included: every exit path leaves the process group
+        dist.close()
 
 
 if __name__ == "__main__":

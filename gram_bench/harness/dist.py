@@ -56,9 +56,13 @@ def _device_for(device_name: str) -> str:
     return "cpu" if device_name == "auto" else device_name
 
 
-def shutdown() -> None:
+def close() -> None:
+    """Leave the process group, if this process joined one. Called on every exit path of the
+    CLI (success, error, SIGTERM): a gloo or NCCL group left alive at interpreter exit tears
+    down its worker threads unjoined, and the process dies with SIGABRT ("terminate called
+    without an active exception"), which torchrun reports as a failed rank. No barrier: on an
+    error path the other ranks may already be gone."""
     if dist.is_available() and dist.is_initialized():
-        dist.barrier()
         dist.destroy_process_group()
 
 
