@@ -66,7 +66,7 @@ def test_hrm_schedule_and_one_step_gradient(monkeypatch):
     loss.backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in m.L.parameters())
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in m.H.parameters())
-    assert m.q_head[2].out_features == 2
+    assert m.q_head.out_features == 2
 
 
 def test_hrm_bce_halting_needs_no_extra_forward(monkeypatch):
@@ -74,18 +74,18 @@ def test_hrm_bce_halting_needs_no_extra_forward(monkeypatch):
     L = count_calls(m.L, monkeypatch)
     b = batch()
     m.loss(b, m.initial_carry(b, CPU))
-    assert len(L) == 6 and m.q_head[2].out_features == 1
+    assert len(L) == 6 and m.q_head.out_features == 1
 
 
 def test_q_learning_halts_when_halt_beats_continue():
     m = make(HRM, HRM_CFG, halt_exploration=0.0).train()
     b = batch()
     with torch.no_grad():
-        m.q_head[2].bias.copy_(torch.tensor([1.0, -1.0]))  # q_halt > q_continue everywhere
+        m.q_head.bias.copy_(torch.tensor([1.0, -1.0]))  # q_halt > q_continue everywhere
     _, _, carry = m.loss(b, m.initial_carry(b, CPU))
     assert carry["halted"].all()
     with torch.no_grad():
-        m.q_head[2].bias.copy_(torch.tensor([1.0, 3.0]))  # positive halt logit, but continue is higher
+        m.q_head.bias.copy_(torch.tensor([1.0, 3.0]))  # positive halt logit, but continue is higher
     _, _, carry = m.loss(b, m.initial_carry(b, CPU))
     assert not carry["halted"].any()
 
@@ -93,7 +93,7 @@ def test_q_learning_halts_when_halt_beats_continue():
 def test_continue_target_uses_halt_only_on_the_last_step():
     m = make(HRM, HRM_CFG).eval()
     with torch.no_grad():
-        m.q_head[2].bias.copy_(torch.tensor([-2.0, 1.0]))
+        m.q_head.bias.copy_(torch.tensor([-2.0, 1.0]))
     b = batch(2)
     e_x = m.embed_inputs(b["inputs"], b["puzzle_ids"])
     state = m.init_state(2, CPU)

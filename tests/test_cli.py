@@ -131,8 +131,8 @@ def test_smoke_run_record(request, model, data_root):
     assert summary["selection"] == "vote" and summary["ema"] is True
     assert summary["model_params"] == env["params"]
     m = summary["metrics"]
-    for k in ("accuracy_first", "accuracy_vote", "accuracy_lprm", "accuracy_oracle", "coverage",
-              "coverage_pooled"):
+    assert ("accuracy_lprm" in m) == (model == "gram")  # only GRAM has an LPRM value head
+    for k in ("accuracy_first", "accuracy_vote", "accuracy_oracle", "coverage", "coverage_pooled"):
         assert {"value", "ci_low", "ci_high"} <= set(m[k]), k
         assert 0 <= m[k]["ci_low"] <= m[k]["value"] <= m[k]["ci_high"] <= 1, k
         assert m[k]["n"] == 16

@@ -633,8 +633,7 @@ def train(cfg: RunConfig, task, model, rdir: Path, device: torch.device, bf16: b
                     append_jsonl(log_path, row)
                 sums.clear()
                 n_acc, t_log, ex_log, skipped = 0, now, 0, 0
-                stats = f"loss {row.get('loss', float('nan')):.3f} acc {row.get('exact', 0):.2f} " \
-                        f"{row['examples_per_s']:.0f} ex/s"
+                stats = train_stats(row)
                 prog.update(tid, stats=stats)
                 if not console.is_terminal and step % max(tc.log_every, tc.steps // 20) < tc.log_every:
                     console.print(f"step {step}/{tc.steps} {stats} elapsed {row['elapsed_s']:.0f}s")
@@ -655,6 +654,17 @@ def train(cfg: RunConfig, task, model, rdir: Path, device: torch.device, bf16: b
                 if main:
                     append_jsonl(log_path, {"step": step, "stopped_early": True})
                 break
+
+
+def train_stats(row: dict) -> str:
+    """The progress line of a train.jsonl row. A model with a posterior shows its training
+    exact (`post`, sees the answer), the prior's exact on the same batch (`prior`, what
+    inference does) and the KL in nats per example; others show their exact (`acc`)."""
+    if "prior_exact" in row:
+        parts = f"post {row.get('exact', 0):.2f} prior {row['prior_exact']:.2f} kl {row.get('kl', 0):.1f}"
+    else:
+        parts = f"acc {row.get('exact', 0):.2f}"
+    return f"loss {row.get('loss', float('nan')):.3f} {parts} {row['examples_per_s']:.0f} ex/s"
 
 
 def periodic_eval(cfg: RunConfig, task, model, ema, device, bf16) -> dict:

@@ -98,13 +98,17 @@ class RecursiveModel(Model):
             self.answer_len = layout.out_len
             self.lm_head = Linear(D, layout.vocab)
         self.seq_len = cfg.prefix + max(layout.in_len, self.answer_len)
-        # Halting and value heads read the first position (detached from the core with detach_heads).
+        # Halting and value heads read the first position (detached from the core with
+        # detach_heads). The Q head is one linear layer, as TRM/HRM (weight 0, bias -5); the
+        # LPRM value head (GRAM) is a small MLP and exists only where it is trained.
         n_q = 2 if cfg.halting == "q_learning" else 1  # (q_halt, q_continue) or q_halt
-        self.q_head = nn.Sequential(Linear(D, D, bias=True), nn.SiLU(), Linear(D, n_q, bias=True))
-        self.v_head = nn.Sequential(Linear(D, D, bias=True), nn.SiLU(), Linear(D, 1, bias=True))
-        nn.init.zeros_(self.q_head[2].weight)
-        nn.init.constant_(self.q_head[2].bias, -5.0)
-        nn.init.zeros_(self.v_head[2].weight)
+        self.q_head = Linear(D, n_q, bias=True)
+        nn.init.zeros_(self.q_head.weight)
+        nn.init.constant_(self.q_head.bias, -5.0)
+        self.v_head = None
+        if cfg.value_loss_weight > 0:
+            self.v_head = nn.Sequential(Linear(D, D, bias=True), nn.SiLU(), Linear(D, 1, bias=True))
+            nn.init.zeros_(self.v_head[2].weight)
 
     # ---- to implement
     def init_state(self, batch_size: int, device: torch.device) -> tuple[torch.Tensor, ...]:
@@ -140,13 +144,17 @@ class RecursiveModel(Model):
             return torch.cat([prefix, pos], dim=1)
         return self.embed(pad_to(inputs, self.seq_len - self.cfg.prefix), puzzle_ids)
 
-    def heads(self, hid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """hid [B, S, D] -> logits [B, out_len, V] (fp32), q [B, 1 or 2] (halt[, continue]),
-        value [B]."""
+    def decode(self, hid: torch.Tensor) -> torch.Tensor:
+        """hid [B, S, D] -> answer logits [B, out_len, V] (fp32)."""
         P = self.cfg.prefix
-        logits = self.lm_head(hid[:, P:P + self.answer_len]).float()
+        return self.lm_head(hid[:, P:P + self.answer_len]).float()
+
+    def judge(self, hid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """hid [B, S, D] -> q [B, 1 or 2] (halt[, continue]) and the LPRM value [B] (None
+        without a value head), both read from the first position."""
         first = hid[:, 0].detach() if self.cfg.detach_heads else hid[:, 0]
-        return logits, self.q_head(first).float(), self.v_head(first).float().squeeze(-1)
+        value = self.v_head(first).float().squeeze(-1) if self.v_head is not None else None
+        return self.q_head(first).float(), value
 
     def initial_carry(self, batch: dict, device: torch.device) -> Carry:
         B = batch["inputs"].shape[0]
@@ -172,26 +180,53 @@ class RecursiveModel(Model):
         }
 
     def loss(self, batch: dict, carry: Carry) -> tuple[torch.Tensor, dict[str, torch.Tensor], Carry]:
+        """One supervision step: CE of the answer (summed or averaged over its tokens,
+        `ce_reduce`) plus the model's extra terms (GRAM: beta * KL), the halting loss and the
+        LPRM value loss.
+
+        The halting and value targets describe what inference will do (`targets=prior`): a
+        model with a posterior also returns `prior_state`, the last transition redone with the
+        prior's eps (no gradient); its decode gives the targets (halting: exact; LPRM: token
+        accuracy or exact, `value_target`) and the heads read that state, as they do at
+        inference. A deterministic model has one path, so both choices agree there."""
         c = self._reset(batch, carry)
         y = c["targets"]
         e_x = self.embed_inputs(c["inputs"], c["puzzle_ids"])
         state, extras = self.segment(c["state"], e_x, y)
-        logits, q, value = self.heads(self.readout(state))
-        q_halt = q[:, 0]
-        ce_tok = F.cross_entropy(logits.transpose(1, 2), y, reduction="none")  # [B, L]
+        prior_state = extras.pop("prior_state", None)
+        hid = self.readout(state)
+        logits = self.decode(hid)
+        ce_tok = F.cross_entropy(logits.transpose(1, 2), y, reduction="none")  # [B, L], nats
         ce = ce_tok.mean(-1) if self.cfg.ce_reduce == "mean" else ce_tok.sum(-1)
         with torch.no_grad():
-            pred = logits.argmax(-1)
-            tok_acc = (pred == y).float().mean(-1)
-            exact = (pred == y).all(-1)
+            hit = logits.argmax(-1) == y
+            tok_acc, exact = hit.float().mean(-1), hit.all(-1)
+            t_tok, t_exact, judged = tok_acc, exact, hid
+            if prior_state is not None:
+                prior_hid = self.readout(prior_state)
+                p_hit = self.decode(prior_hid).argmax(-1) == y
+                p_exact = p_hit.all(-1)
+                if self.cfg.targets == "prior":
+                    t_tok, t_exact, judged = p_hit.float().mean(-1), p_exact, prior_hid
+        q, value = self.judge(judged)
+        q_halt = q[:, 0]
         extra, extra_logs = self.extra_loss(extras)
         steps = c["steps"] + 1
-        halt_loss = F.binary_cross_entropy_with_logits(q_halt, exact.float())
+        halt_loss = F.binary_cross_entropy_with_logits(q_halt, t_exact.float())
         if self.cfg.halting == "q_learning":
             halt_loss = halt_loss + F.binary_cross_entropy_with_logits(
                 q[:, 1], self._continue_target(state, e_x, steps >= self.cfg.n_sup))
-        value_loss = F.mse_loss(value, exact.float())
-        loss = (ce + extra).mean() + self.cfg.halt_loss_weight * halt_loss + self.cfg.value_loss_weight * value_loss
+        loss = (ce + extra).mean() + self.cfg.halt_loss_weight * halt_loss
+        logs = {"ce": ce.mean().detach(), "ce_token": ce_tok.mean().detach(), "halt": halt_loss.detach(),
+                "token_acc": tok_acc.mean(), "exact": exact.float().mean(), "steps": steps.float().mean(),
+                **extra_logs}
+        if value is not None:
+            r = t_tok if self.cfg.value_target == "token_acc" else t_exact.float()
+            value_loss = F.mse_loss(value, r)
+            loss = loss + self.cfg.value_loss_weight * value_loss
+            logs["value"] = value_loss.detach()
+        if prior_state is not None:
+            logs["prior_exact"] = p_exact.float().mean()
         with torch.no_grad():
             halted = steps >= self.cfg.n_sup
             if self.cfg.act and self.training:
@@ -199,9 +234,6 @@ class RecursiveModel(Model):
                 explore = torch.rand_like(q_halt) < self.cfg.halt_exploration
                 min_steps = torch.randint_like(steps, min(2, self.cfg.n_sup), self.cfg.n_sup + 1) * explore
                 halted = halted | (halt_now & (steps >= min_steps))
-        logs = {"ce": ce.mean().detach(), "halt": halt_loss.detach(), "value": value_loss.detach(),
-                "token_acc": tok_acc.mean(), "exact": exact.float().mean(),
-                "steps": steps.float().mean(), **extra_logs}
         new_carry = {"state": tuple(s.detach() for s in state), "steps": steps, "halted": halted,
                      "inputs": c["inputs"], "targets": y, "puzzle_ids": c["puzzle_ids"]}
         return loss, logs, new_carry
@@ -211,7 +243,7 @@ class RecursiveModel(Model):
         """HRM's Q-learning target for q_continue: one extra forward (no gradient) from the new
         state; sigmoid(q_halt') on a row's last step, else sigmoid(max(q_halt', q_continue'))."""
         nxt, _ = self.segment(tuple(s.detach() for s in state), e_x.detach(), None)
-        _, q_next, _ = self.heads(self.readout(nxt))
+        q_next, _ = self.judge(self.readout(nxt))
         return torch.sigmoid(torch.where(is_last, q_next[:, 0], q_next.max(-1).values))
 
     @torch.no_grad()
@@ -227,13 +259,17 @@ class RecursiveModel(Model):
                           for s in state)
         for _ in range(steps or self.cfg.n_sup):
             state, _ = self.segment(state, e_x, None)
-        logits, q, value = self.heads(self.readout(state))
+        hid = self.readout(state)
+        logits = self.decode(hid)
+        q, value = self.judge(hid)
         if self.cfg.decode == "sample":  # ablation: sample each answer token from the decoder
             preds = torch.distributions.Categorical(logits=logits).sample().view(B, n_samples, -1)
         else:
             preds = logits.argmax(-1).view(B, n_samples, -1)
-        return SampleOutput(preds, {"halt": torch.sigmoid(q[:, 0]).view(B, n_samples),
-                                    "lprm": value.view(B, n_samples)})
+        scores = {"halt": torch.sigmoid(q[:, 0]).view(B, n_samples)}
+        if value is not None:
+            scores["lprm"] = value.view(B, n_samples)
+        return SampleOutput(preds, scores)
 
 
 @dataclass(frozen=True)
@@ -256,7 +292,9 @@ class RecursiveConfig:
     halting: str = "bce"  # bce (TRM: q_halt > 0) | q_learning (HRM: q_halt > q_continue)
     halt_exploration: float = 0.1
     halt_loss_weight: float = 0.5
-    value_loss_weight: float = 0.5  # LPRM value head
+    value_loss_weight: float = 0.0  # LPRM value head (GRAM's); 0 = no value head (TRM, HRM have none)
+    targets: str = "prior"  # halting/value targets from: prior (what inference decodes) | posterior (ablation)
+    value_target: str = "token_acc"  # LPRM target r: token accuracy in [0, 1] | exact
     detach_heads: bool = False  # keep the Q/value losses out of the core
     decode: str = "argmax"  # answer tokens at inference: argmax | sample (a stochastic decoder, ablation)
     init: str = "fixed"  # initial state at inference: fixed z0 | random (a fresh N(0, I) z0 per sample, ablation)
@@ -278,7 +316,10 @@ class RecursiveConfig:
         if self.puzzle_lr < 0 or self.puzzle_wd < 0:
             raise ValueError("puzzle_lr and puzzle_wd must be non-negative")
         check_choices(self, mixer=MIXERS, ce_reduce=("sum", "mean"), halting=("bce", "q_learning"),
-                      decode=("argmax", "sample"), init=("fixed", "random"))
+                      decode=("argmax", "sample"), init=("fixed", "random"),
+                      targets=("prior", "posterior"), value_target=("token_acc", "exact"))
+        if self.halt_loss_weight < 0 or self.value_loss_weight < 0:
+            raise ValueError("halt_loss_weight and value_loss_weight must be non-negative")
         if not 0 <= self.halt_exploration <= 1:
             raise ValueError("halt_exploration must be in [0, 1]")
 

@@ -9,8 +9,11 @@ T transitions form one supervision step; only the last carries gradient. In trai
 posterior is sampled at that last transition only (`posterior_at=last`): the earlier ones
 use the prior, as at inference, because their KL is not in the loss and a posterior there
 would pass y to the decoder for free (measured: train exact 1.0, prior-rollout 0.0). Loss per
-supervision step (Eq. 14): CE(decoder(h_T), y) + beta * KL(q || p) at the last transition,
-with KL balancing 0.8 * KL(sg(q) || p) + 0.2 * KL(q || sg(p)).
+supervision step (Eq. 14): CE(decoder(h_T), y) summed over the answer tokens + beta * KL(q || p)
+summed over latent dimensions, at the last transition, with KL balancing
+0.8 * KL(sg(q) || p) + 0.2 * KL(q || sg(p)) (`ce_reduce=mean` is the averaged-CE ablation).
+The last transition is also taken with the prior's eps (no gradient): the halting and LPRM
+targets come from that prior state, which is what inference decodes.
 
 `guidance` selects the ablations (see `gram_bench.models.guidance`): `learned` (GRAM),
 `none` (no stochastic guidance), `noise` (eps ~ N(0, sigma_init^2)), `mean` (learned mean,
@@ -25,15 +28,8 @@ import torch
 
 from gram_bench.models import MODELS
 from gram_bench.models.base import RecursiveConfig, RecursiveModel, init_z0
-from gram_bench.models.guidance import Guidance, GuidanceConfig, gaussian_kl  # noqa: F401 (re-export)
+from gram_bench.models.guidance import Guidance, GuidanceConfig
 from gram_bench.models.layers import Stack
-
-
-def rename_legacy_guidance_keys(module, state_dict, prefix, *args) -> None:
-    """Checkpoints written before the guidance module was shared hold `prior.*`,
-    `posterior.*` and `y_embed.*` at the top level; they now live under `guide.`."""
-    for k in [k for k in state_dict if k.startswith(tuple(prefix + p for p in ("prior.", "posterior.", "y_embed.")))]:
-        state_dict[prefix + "guide." + k[len(prefix):]] = state_dict.pop(k)
 
 
 @MODELS.register("gram")
@@ -48,6 +44,7 @@ class GRAM(RecursiveModel):
         h_layers: int = 2
         K: int = 4  # low-level updates per transition (6 for Sudoku)
         T: int = 3  # transitions per supervision step
+        ce_reduce: str = "sum"  # Eq. 14: the answer's log-likelihood, summed over its tokens
         halt_loss_weight: float = 0.5  # [open] (TRM 0.5)
         value_loss_weight: float = 0.5  # [open] LPRM value-head loss weight
         detach_heads: bool = True  # Q/value losses do not backpropagate into the core
@@ -66,7 +63,6 @@ class GRAM(RecursiveModel):
         self.guide = Guidance(cfg, D, layout.vocab, S, cfg.prefix, layout.image)
         self.register_buffer("h0", init_z0(D))
         self.register_buffer("l0", init_z0(D))
-        self.register_load_state_dict_pre_hook(rename_legacy_guidance_keys)
 
     def calls_per_answer(self, steps: int) -> int:
         return steps * self.cfg.T * (self.cfg.K + 1)  # K f_L calls and one f_H call per transition
@@ -80,11 +76,11 @@ class GRAM(RecursiveModel):
         return self.h0.to(device).expand(shape), self.l0.to(device).expand(shape)
 
     def transition(self, h, l, e_x, y_feat):
-        """One transition; returns (h, l, elementwise KL [B, S, D] or None)."""
+        """One transition; returns (h, l, elementwise KL [B, S, D] or None, prior h or None)."""
         for _ in range(self.cfg.K):
             l = self.f_L(l + h + e_x)
-        h, kl = self.guide(self.f_H(h + l), y_feat)
-        return h, l, kl
+        h, kl, h_prior = self.guide(self.f_H(h + l), y_feat)
+        return h, l, kl, h_prior
 
     def segment(self, state, e_x, y):
         h, l = state
@@ -92,14 +88,14 @@ class GRAM(RecursiveModel):
         early = y_feat if self.cfg.posterior_at == "all" else None
         with torch.no_grad():
             for _ in range(self.cfg.T - 1):
-                h, l, _ = self.transition(h, l, e_x, early)
-        h, l, kl = self.transition(h, l, e_x, y_feat)  # the only transition with gradient
-        return (h, l), ({"kl": self.guide.reduce(kl)} if kl is not None else {})
+                h, l, _, _ = self.transition(h, l, e_x, early)
+        h, l, kl, h_prior = self.transition(h, l, e_x, y_feat)  # the only transition with gradient
+        if kl is None:
+            return (h, l), {}
+        return (h, l), {**self.guide.reduce(kl), "prior_state": (h_prior, l)}
 
     def readout(self, state):
         return state[0]
 
     def extra_loss(self, extras):
-        if "kl" not in extras:
-            return torch.zeros(()), {}
-        return self.beta * extras["kl"], {"kl": extras["kl"].mean().detach()}
+        return self.guide.extra_loss(extras)

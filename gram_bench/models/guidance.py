@@ -117,17 +117,24 @@ class Guidance(nn.Module):
         e = self.y_embed(y).to(like.dtype)
         return F.pad(e, (0, 0, self.prefix, self.seq_len - self.prefix - e.shape[1]))
 
-    def forward(self, u: torch.Tensor, y_feat: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Returns (u + eps, elementwise KL [B, S, D] or None when no posterior was used)."""
+    def forward(self, u: torch.Tensor, y_feat: torch.Tensor | None
+                ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """Returns (u + eps, elementwise KL [B, S, D], u + eps_prior). With the posterior
+        (y_feat given) eps comes from q and the third value is the same step taken with the
+        prior's eps, without gradient, for the halting and value targets; without it eps comes
+        from the prior and the KL and the third value are None."""
         g = self.cfg.guidance
         if g == "none":
-            return u, None
+            return u, None, None
         if g == "noise":
-            return u + self.cfg.sigma_init * torch.randn_like(u), None
+            return u + self.cfg.sigma_init * torch.randn_like(u), None, None
         mu_p, sd_p = self.prior(u)
         if y_feat is None:
             eps = mu_p if g == "mean" else mu_p + sd_p * torch.randn_like(mu_p)
-            return u + eps.to(u.dtype), None
+            return u + eps.to(u.dtype), None, None
+        with torch.no_grad():
+            eps_p = mu_p if g == "mean" else mu_p + sd_p * torch.randn_like(mu_p)
+            h_prior = u + eps_p.to(u.dtype)
         post_in = torch.cat([u, y_feat], -1) if self.cfg.posterior_input == "concat" else u + y_feat
         mu_q, sd_q = self.posterior(post_in)
         a = self.cfg.kl_balance
@@ -138,8 +145,17 @@ class Guidance(nn.Module):
             eps = mu_q + sd_q * torch.randn_like(mu_q)
             kl = a * gaussian_kl(mu_q.detach(), sd_q.detach(), mu_p, sd_p) + \
                 (1 - a) * gaussian_kl(mu_q, sd_q, mu_p.detach(), sd_p.detach())
-        return u + eps.to(u.dtype), kl
+        return u + eps.to(u.dtype), kl, h_prior
 
-    def reduce(self, kl: torch.Tensor) -> torch.Tensor:
-        """Elementwise KL [B, S, D] -> per example [B]."""
-        return kl.sum((1, 2)) if self.cfg.kl_reduce == "sum" else kl.mean((1, 2))
+    def reduce(self, kl: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Elementwise KL [B, S, D] -> the per-example terms [B]: `kl`, the one in the loss
+        (summed over latent dimensions, Eq. 14, or averaged with `kl_reduce=mean`), and
+        `kl_nats`, always the sum (nats per example, for the logs)."""
+        nats = kl.sum((1, 2))
+        return {"kl": nats if self.cfg.kl_reduce == "sum" else kl.mean((1, 2)), "kl_nats": nats}
+
+    def extra_loss(self, extras: dict) -> tuple[torch.Tensor, dict]:
+        """beta * KL per example [B], and the KL in nats per example for the logs."""
+        if "kl" not in extras:
+            return torch.zeros(()), {}
+        return self.beta * extras["kl"], {"kl": extras["kl_nats"].mean().detach()}

@@ -12,10 +12,17 @@ import torch.nn.functional as F
 from torch import nn
 
 
+# std of N(0, 1) truncated to [-2, 2]: sqrt(1 - 4 phi(2) / (2 Phi(2) - 1))
+_TRUNC2_STD = math.sqrt(1 - 4 * math.exp(-2) / math.sqrt(2 * math.pi) / math.erf(2 / math.sqrt(2)))
+
+
 def trunc_normal_(t: torch.Tensor, std: float) -> torch.Tensor:
-    """Truncated normal at +-2 std (LeCun-style init when std = 1/sqrt(fan_in))."""
+    """Truncated normal whose standard deviation is `std` (LeCun-style init when std =
+    1/sqrt(fan_in)), cut at +-2 of the underlying normal's std, as TRM/HRM's
+    `trunc_normal_init_`: the underlying std is std / 0.8796 so the truncation does not shrink it."""
+    s = std / _TRUNC2_STD
     with torch.no_grad():
-        return nn.init.trunc_normal_(t, mean=0.0, std=std, a=-2 * std, b=2 * std)
+        return nn.init.trunc_normal_(t, mean=0.0, std=s, a=-2 * s, b=2 * s)
 
 
 def rms_norm(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
@@ -165,9 +172,10 @@ class Stack(nn.Module):
 
 
 class InputEmbedding(nn.Module):
-    """Token embedding scaled by sqrt(D), preceded by `prefix` learned puzzle-embedding tokens.
+    """Token embedding preceded by `prefix` learned puzzle-embedding tokens.
 
-    inputs [B, L] -> [B, prefix + L, D]. The puzzle embedding is zero-initialised (TRM).
+    inputs [B, L] -> [B, prefix + L, D]; the whole sequence, puzzle tokens included, is scaled
+    by sqrt(D), as TRM/HRM. The puzzle embedding is zero-initialised (TRM).
 
     With one puzzle id, or `puzzle_dim=None`, it is a dense `nn.Embedding(ids, prefix * D)`
     trained by the optimizer. With `puzzle_dim` set and several ids it is TRM's sparse
@@ -194,7 +202,7 @@ class InputEmbedding(nn.Module):
             nn.init.zeros_(self.puzzle.weight)
 
     def forward(self, inputs: torch.Tensor, puzzle_ids: torch.Tensor) -> torch.Tensor:
-        x = self.scale * self.tok(inputs)
+        x = self.tok(inputs)
         if self.sparse:
             rows = self.puzzle_table[puzzle_ids]
             if self.training and torch.is_grad_enabled():
@@ -204,8 +212,8 @@ class InputEmbedding(nn.Module):
         elif self.puzzle is not None:
             flat = self.puzzle(puzzle_ids)
         else:
-            return x
-        return torch.cat([flat.view(-1, self.prefix, self.dim).to(x.dtype), x], dim=1)
+            return self.scale * x
+        return self.scale * torch.cat([flat.view(-1, self.prefix, self.dim).to(x.dtype), x], dim=1)
 
     @torch.no_grad()
     def sparse_step(self, lr: float, weight_decay: float) -> None:

@@ -68,21 +68,21 @@ class LoopedTF(RecursiveModel):
         y_feat = self.guide.y_features(y, e_x) if (y is not None and self.guide.uses_target) else None
         early = y_feat if cfg.posterior_at == "all" else None
         free = cfg.loops - cfg.grad_loops if cfg.grad_loops else 0
-        kl = None
+        kl = h_prior = None
         with torch.no_grad():
             for _ in range(free):
-                h, _ = self.guide(self.net(h + e_x), early)
+                h, _, _ = self.guide(self.net(h + e_x), early)
         for i in range(free, cfg.loops):
-            h, kl = self.guide(self.net(h + e_x), y_feat if i == cfg.loops - 1 else early)
-        return (h,), ({"kl": self.guide.reduce(kl)} if kl is not None else {})
+            h, kl, h_prior = self.guide(self.net(h + e_x), y_feat if i == cfg.loops - 1 else early)
+        if kl is None:
+            return (h,), {}
+        return (h,), {**self.guide.reduce(kl), "prior_state": (h_prior,)}
 
     def readout(self, state):
         return state[0]
 
     def extra_loss(self, extras):
-        if "kl" not in extras:
-            return torch.zeros(()), {}
-        return self.guide.beta * extras["kl"], {"kl": extras["kl"].mean().detach()}
+        return self.guide.extra_loss(extras)
 
 
 @MODELS.register("direct")
