@@ -59,10 +59,10 @@ class HRM(RecursiveModel):
             for h in range(cfg.H_cycles):
                 for i in range(cfg.L_cycles):
                     if h < cfg.H_cycles - 1 or i < cfg.L_cycles - 1:
-                        zL = self.L(zL + zH + e_x)
+                        zL = self.L(zL + (zH + e_x))  # HRM's order: z_L + (z_H + x)
                 if h < cfg.H_cycles - 1:
                     zH = self.H(zH + zL)
-        zL = self.L(zL + zH + e_x)  # 1-step gradient: the last L and H updates only
+        zL = self.L(zL + (zH + e_x))  # 1-step gradient: the last L and H updates only
         zH = self.H(zH + zL)
         return (zH, zL), {}
 

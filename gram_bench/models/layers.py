@@ -122,7 +122,8 @@ class Block(nn.Module):
 
 class MixerBlock(nn.Module):
     """Post-norm MLP-mixer block (TRM-MLP): attention replaced by a token-mixing SwiGLU over
-    the sequence axis, x = norm(x + mix(x^T)^T); then x = norm(x + mlp(x)) as in `Block`.
+    the sequence axis, x = norm(x^T + mix(x^T))^T, the RMSNorm of this sublayer taken over the
+    positions as TRM's `mlp_t` does; then x = norm(x + mlp(x)) over channels as in `Block`.
 
     The token mixer maps seq_len -> seq_hidden -> seq_len with weights shared over channels;
     seq_hidden defaults to TRM's rule for its expansion 4, `ffn_for(seq_len, 4)` (97 -> 512
@@ -140,7 +141,8 @@ class MixerBlock(nn.Module):
             raise ValueError("MixerBlock has no KV cache (the mlp mixer is not causal)")
         if x.shape[1] != self.seq_len:
             raise ValueError(f"MixerBlock built for {self.seq_len} positions, got {x.shape[1]}")
-        x = rms_norm(x + self.mix(x.transpose(1, 2)).transpose(1, 2))
+        t = x.transpose(1, 2)  # [B, D, S]
+        x = rms_norm(t + self.mix(t)).transpose(1, 2)  # normalised over the S positions (TRM-MLP)
         return rms_norm(x + self.mlp(x))
 
 

@@ -47,7 +47,7 @@ class TRM(RecursiveModel):
 
     def cycle(self, y, z, e_x):
         for _ in range(self.cfg.n):
-            z = self.net(z + y + e_x)
+            z = self.net(z + (y + e_x))  # TRM's order of the sum: z_L + (z_H + x)
         return self.net(y + z), z
 
     def segment(self, state, e_x, target):
