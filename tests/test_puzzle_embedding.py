@@ -13,6 +13,7 @@ from rich.console import Console
 
 from gram_bench.harness import runner
 from gram_bench.harness.config import resolve
+from gram_bench.harness.precision import Precision
 from gram_bench.models.gram import GRAM
 from gram_bench.models.layers import InputEmbedding
 from gram_bench.models.trm import TRM
@@ -206,7 +207,7 @@ def test_train_updates_the_table_and_resumes_exactly(tmp_path: Path):
         scales: list[float] = []
         m.sparse_step = counted
         rdir.mkdir(exist_ok=True)
-        runner.train(cfg, task, m, rdir, CPU, False, Console(file=io.StringIO()))
+        runner.train(cfg, task, m, rdir, CPU, Precision(False, False, "asked"), Console(file=io.StringIO()))
         assert scales == [0.5, 1.0, 1.0, 1.0, 1.0, 1.0][-len(scales):]
         return torch.load(rdir / "checkpoint.pt", weights_only=True)
 

@@ -30,7 +30,7 @@ from typing import Callable
 
 import torch
 
-from gram_bench.harness.device import autocast, pick_device, use_bf16
+from gram_bench.harness.device import autocast, pick_device
 from gram_bench.harness.errors import UsageError
 
 BENCH_SCHEMA = 1
@@ -104,12 +104,14 @@ class Setting:
     """A task, a model and its optimizer built from one resolved config, stepped on demand."""
 
     def __init__(self, label: str, cfg, data_root: Path, device: torch.device, console):
-        from gram_bench.harness.runner import EpochSampler, build, make_optimizer, train_step
+        from gram_bench.harness.runner import EpochSampler, build, choose_precision, make_optimizer, train_step
 
         self.label, self.cfg, self.device = label, cfg, device
         self.threads = cfg.train.threads or torch.get_num_threads()  # applied around each of its steps
-        self.bf16 = use_bf16(cfg.train.precision, device)
         self.task, self.model = build(cfg, data_root, device, console)  # compiled with train.compile
+        # `auto` is resolved as a run resolves it (measured on a CPU), per phase
+        self.prec = choose_precision(cfg, self.task, self.model, device, console)
+        self.bf16, self.sample_bf16 = self.prec.train, self.prec.sample
         self.data = self.task.train_set().to(device)
         self.sampler = EpochSampler(len(self.data), cfg.seed)
         self.opt = make_optimizer(self.model, cfg.train, device)
@@ -169,7 +171,7 @@ class Setting:
         self._enter()
         try:
             def once():
-                with autocast(self.device, self.bf16):
+                with autocast(self.device, self.sample_bf16):
                     return self.model.sample(x, pid, n, steps)
 
             once()  # warm-up
@@ -253,7 +255,7 @@ def bench(task: str, model: str, profile: str = "cpu", sets: dict | None = None,
         width = rates[str(hi)]["answers_per_s"] / rates[str(lo)]["answers_per_s"] if hi != lo else 1.0
         out_settings.append({
             "label": s.label, "sets": dict(s.cfg.overrides), "params": s.model.num_params(),
-            "bf16": s.bf16, "batch": s.cfg.train.batch_size, "threads": s.threads, "compile": s.cfg.train.compile,
+            "bf16": s.bf16, "sample_bf16": s.sample_bf16, "batch": s.cfg.train.batch_size, "threads": s.threads, "compile": s.cfg.train.compile,
             "train": {"step_s_median": med, "step_s_q1": q[0], "step_s_q3": q[2],
                       "examples_per_s": s.cfg.train.batch_size / med, "flops_per_step": flops,
                       "achieved_flops_per_s": achieved, "matmul": mm,

@@ -31,7 +31,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from gram_bench.harness import dist
 from gram_bench.harness.config import TRAIN_LOGGING, RunConfig, config_diff, save_config
-from gram_bench.harness.device import pick_device, use_bf16, autocast
+from gram_bench.harness.device import autocast, pick_device
+from gram_bench.harness.precision import Precision, fixed, probe
 from gram_bench.harness.errors import RunFailed, UsageError
 from gram_bench.harness.evaluate import eval_name, evaluate, write_eval
 from gram_bench.harness.io import (append_jsonl, atomic_torch_save, atomic_write_text, file_lock, read_jsonl,
@@ -349,7 +350,6 @@ def run(cfg: RunConfig, runs_dir: Path = Path("runs"), data_root: Path = Path("d
     device = pick_device(device_name)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
-    bf16 = use_bf16(cfg.train.precision, device)
     rdir = run_path(runs_dir, cfg)
     skip = _refuse_or_skip(rdir, resume, force, console, check_lock=main)
     dist.barrier()  # every rank has read the status before rank 0 writes anything
@@ -357,10 +357,11 @@ def run(cfg: RunConfig, runs_dir: Path = Path("runs"), data_root: Path = Path("d
         return rdir
     dist.local_batch(cfg.train.batch_size)  # refuses a global batch that does not split evenly
     task, model = build(cfg, data_root, device, console)
+    prec = choose_precision(cfg, task, model, device, console, rdir if resume else None)
     if not main:
         with sigterm_as_exception():
-            train(cfg, task, model, rdir, device, bf16, console)
-            final_eval(cfg, task, model, rdir, device, bf16, console)
+            train(cfg, task, model, rdir, device, prec, console)
+            final_eval(cfg, task, model, rdir, device, prec.sample, console)
         return rdir
     rdir.mkdir(parents=True, exist_ok=True)
     with run_lock(rdir), sigterm_as_exception():
@@ -369,8 +370,43 @@ def run(cfg: RunConfig, runs_dir: Path = Path("runs"), data_root: Path = Path("d
         if force:
             clear_run_dir(rdir)
         remove_stale_temp(rdir)
-        _run_locked(cfg, task, model, rdir, device, bf16, resume, console)
+        _run_locked(cfg, task, model, rdir, device, prec, resume, console)
     return rdir
+
+
+def choose_precision(cfg: RunConfig, task, model, device: torch.device, console: Console,
+                     rdir: Path | None = None) -> Precision:
+    """`train.precision` resolved for training and sampling: an explicit dtype or CUDA's bf16
+    as is; `auto` on a CPU reuses the choice recorded in `rdir`'s env.json (a resumed run),
+    else times both dtypes on the run's own model and shapes (`gram_bench.harness.precision`).
+    Under torchrun every rank takes rank 0's measurement."""
+    prec = fixed(cfg.train.precision, device)
+    if prec is None and rdir is not None:
+        prec = recorded_precision(rdir)
+    if prec is None:
+        data, es = task.train_set().to(device), task.eval_set(cfg.eval.split)
+        batch = data.batch(torch.arange(min(dist.local_batch(cfg.train.batch_size), len(data)), device=device))
+        rows = max(1, cfg.eval.batch_size // cfg.eval.samples)
+        tc = cfg.train
+
+        def step(twin, opt, b, carry, bf16):
+            return train_step(twin, opt, b, carry, device=device, bf16=bf16, grad_clip=tc.grad_clip, lr_scale=1.0)[2]
+
+        with console.status("train.precision=auto: timing fp32 and bf16 training steps and sampling batches"):
+            prec = probe(model, batch, es.inputs[:rows].to(device), es.puzzle_ids[:rows].to(device),
+                         cfg.eval.samples, device, step)
+        if dist.world_size() > 1:
+            prec = dist.gather_objects(prec)[0]
+    console.print(escape(prec.describe()))
+    return prec
+
+
+def recorded_precision(rdir: Path) -> Precision | None:
+    """The precision a run recorded in its env.json, or None."""
+    try:
+        return Precision.from_record(json.loads((Path(rdir) / "env.json").read_text())["precision"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
 
 
 def _refuse_or_skip(rdir: Path, resume: bool, force: bool, console: Console, check_lock: bool = True) -> bool:
@@ -402,10 +438,11 @@ def clear_run_dir(rdir: Path) -> None:
             p.unlink()
 
 
-def _run_locked(cfg: RunConfig, task, model, rdir: Path, device: torch.device, bf16: bool, resume: bool,
+def _run_locked(cfg: RunConfig, task, model, rdir: Path, device: torch.device, prec: Precision, resume: bool,
                 console: Console) -> None:
     save_config(cfg, rdir / "config.yaml")
-    env = env_record(device, bf16)
+    env = env_record(device, prec.train)
+    env["precision"] = prec.record()
     env["params"] = model.num_params()
     env["dataset"] = task.dir_name()
     old_env = rdir / "env.json"
@@ -419,10 +456,10 @@ def _run_locked(cfg: RunConfig, task, model, rdir: Path, device: torch.device, b
     write_env(rdir, env)
     write_status(rdir, "running")
     console.print(f"[bold]{cfg.task_name} x {cfg.model_name}[/] profile={cfg.profile} seed={cfg.seed} "
-                  f"params={model.num_params():,} device={device} bf16={bf16} -> {escape(str(rdir))}")
+                  f"params={model.num_params():,} device={device} -> {escape(str(rdir))}")
     try:
-        train(cfg, task, model, rdir, device, bf16, console)
-        final_eval(cfg, task, model, rdir, device, bf16, console)
+        train(cfg, task, model, rdir, device, prec, console)
+        final_eval(cfg, task, model, rdir, device, prec.sample, console)
     except Terminated:
         write_status(rdir, "failed: terminated by SIGTERM (resume with --resume)")
         raise
@@ -499,7 +536,7 @@ def train_step(model, opt, batch: dict, carry, *, device: torch.device, bf16: bo
     return finite, parts, new_carry
 
 
-def train(cfg: RunConfig, task, model, rdir: Path, device: torch.device, bf16: bool, console: Console) -> None:
+def train(cfg: RunConfig, task, model, rdir: Path, device: torch.device, prec: Precision, console: Console) -> None:
     tc = cfg.train
     data = task.train_set().to(device)
     sampler = EpochSampler(len(data), cfg.seed)
@@ -593,7 +630,7 @@ def train(cfg: RunConfig, task, model, rdir: Path, device: torch.device, bf16: b
             lr = lr_at(step, tc)
             for g in opt.param_groups:
                 g["lr"] = lr
-            finite, parts, new_carry = train_step(model, opt, batch, carry, device=device, bf16=bf16,
+            finite, parts, new_carry = train_step(model, opt, batch, carry, device=device, bf16=prec.train,
                                                   grad_clip=tc.grad_clip, lr_scale=lr / tc.lr, ddp=ddp,
                                                   ema=ema, step=step)
             if finite:
@@ -638,7 +675,7 @@ def train(cfg: RunConfig, task, model, rdir: Path, device: torch.device, bf16: b
                 if not console.is_terminal and step % max(tc.log_every, tc.steps // 20) < tc.log_every:
                     console.print(f"step {step}/{tc.steps} {stats} elapsed {row['elapsed_s']:.0f}s")
             if main and tc.eval_every and step % tc.eval_every == 0 and step < tc.steps:
-                row = periodic_eval(cfg, task, model, ema, device, bf16)
+                row = periodic_eval(cfg, task, model, ema, device, prec.sample)
                 append_jsonl(log_path, {"step": step, **row})
                 console.print(f"step {step}: " + " ".join(f"{k} {v:.3f}" for k, v in row.items()))
             if step % tc.checkpoint_every == 0 or step == tc.steps:
@@ -670,7 +707,7 @@ def train_stats(row: dict) -> str:
 def periodic_eval(cfg: RunConfig, task, model, ema, device, bf16) -> dict:
     tc = cfg.train
     with (ema.applied(model) if ema else nullcontext()):
-        _, summary = evaluate(model, task, samples=tc.eval_samples, steps=model.default_steps,
+        _, summary = evaluate(model, task, samples=tc.eval_samples, steps=cfg.eval.steps or model.default_steps,
                               limit=tc.eval_examples, batch_rows=cfg.eval.batch_size, device=device, bf16=bf16,
                               shard=False)
     m = summary["metrics"]
@@ -787,6 +824,9 @@ def evaluate_run(run_dir: Path, widths: list[int], depths: list[int], *, select:
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     task, model = build(cfg, data_root, device)
+    # sampling precision: explicit, CUDA's, or the one the run measured (fp32 when it has none)
+    prec = fixed(cfg.train.precision, device) or recorded_precision(run_dir)
+    sample_bf16 = bool(prec and prec.sample)
     out = []
     with run_lock(run_dir) if dist.is_main() else nullcontext():
         status = read_status(run_dir)
@@ -801,7 +841,7 @@ def evaluate_run(run_dir: Path, widths: list[int], depths: list[int], *, select:
                                            else 0, tag=tag), "eval name")
                 path = run_dir / "eval" / f"{name}.json"
                 if not (skip_existing and path.exists()):
-                    final_eval(cfg, task, model, run_dir, device, use_bf16(cfg.train.precision, device), console,
+                    final_eval(cfg, task, model, run_dir, device, sample_bf16, console,
                                samples=n, steps=d, selection=select, name=name,
                                ignore=tuple(sets))
                 out.append(path)
