@@ -244,3 +244,34 @@ def test_posterior_is_sampled_only_where_its_kl_is_paid(where, calls, monkeypatc
     b = batch()
     m.loss(b, m.initial_carry(b, CPU))
     assert n == {"post": calls, "prior": 3}
+
+
+def test_staggered_carry_replaces_a_share_of_the_rows_at_every_step():
+    m = make(GRAM, GRAM_CFG, n_sup=4, act=False, carry="staggered").train()
+    b = batch(8)
+    carry = m.initial_carry(b, CPU)
+    assert carry["steps"].tolist() == [0, 0, 1, 1, 2, 2, 3, 3] and not carry["halted"].any()
+    halted = []
+    for _ in range(6):
+        _, _, carry = m.loss(batch(8, seed=1), carry)
+        halted.append(int(carry["halted"].sum()))
+    assert halted == [2] * 6  # 8 rows / 4 steps; lockstep would be [0, 0, 0, 8, 0, 0]
+    lock = make(GRAM, GRAM_CFG, n_sup=4, act=False)
+    c = lock.initial_carry(b, CPU)
+    seen = []
+    for _ in range(6):
+        _, _, c = lock.loss(batch(8, seed=1), c)
+        seen.append(int(c["halted"].sum()))
+    assert seen == [0, 0, 0, 8, 0, 0]
+
+
+def test_carry_state_prior_carries_the_prior_path():
+    m = make(GRAM, GRAM_CFG, act=False, carry_state="prior").train()
+    paper = make(GRAM, GRAM_CFG, act=False).train()
+    b = batch(4)
+    torch.manual_seed(0)
+    _, _, post = paper.loss(b, paper.initial_carry(b, CPU))
+    torch.manual_seed(0)
+    _, _, prior = m.loss(b, m.initial_carry(b, CPU))
+    assert not torch.equal(post["state"][0], prior["state"][0])  # h differs: eps from p, not q
+    assert torch.equal(post["state"][1], prior["state"][1])  # l is the same (noise only on h)

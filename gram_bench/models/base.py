@@ -157,7 +157,21 @@ class RecursiveModel(Model):
         return self.q_head(first).float(), value
 
     def initial_carry(self, batch: dict, device: torch.device) -> Carry:
+        """The carry before the first step. `carry=lockstep` (the paper's): every row starts
+        at step 0, so without ACT the whole batch is replaced every n_sup steps and each
+        minibatch serves n_sup consecutive updates. `carry=staggered`: row i starts as if
+        it had already run i * n_sup // B steps (from z0, on the first batch), so from then on
+        about B / n_sup rows are replaced at every step and consecutive updates share most
+        examples but never repeat a whole minibatch at one depth."""
         B = batch["inputs"].shape[0]
+        if self.cfg.carry == "staggered":
+            return {
+                "state": tuple(s.detach() for s in self.init_state(B, device)),
+                "steps": torch.arange(B, device=device) * self.cfg.n_sup // B,
+                "halted": torch.zeros(B, dtype=torch.bool, device=device),
+                "inputs": batch["inputs"].clone(), "targets": batch["targets"].clone(),
+                "puzzle_ids": batch["puzzle_ids"].clone(),
+            }
         return {
             "state": tuple(s.detach() for s in self.init_state(B, device)),
             "steps": torch.zeros(B, dtype=torch.long, device=device),
@@ -234,6 +248,8 @@ class RecursiveModel(Model):
                 explore = torch.rand_like(q_halt) < self.cfg.halt_exploration
                 min_steps = torch.randint_like(steps, min(2, self.cfg.n_sup), self.cfg.n_sup + 1) * explore
                 halted = halted | (halt_now & (steps >= min_steps))
+        if prior_state is not None and self.cfg.carry_state == "prior":
+            state = prior_state
         new_carry = {"state": tuple(s.detach() for s in state), "steps": steps, "halted": halted,
                      "inputs": c["inputs"], "targets": y, "puzzle_ids": c["puzzle_ids"]}
         return loss, logs, new_carry
@@ -289,6 +305,10 @@ class RecursiveConfig:
     mixer: str = "attention"  # sequence mixing in the core: attention | mlp (TRM-MLP, fixed length)
     ce_reduce: str = "mean"  # per-example CE: mean over answer tokens (TRM) | sum
     act: bool = True  # ACT halting in training
+    carry: str = "lockstep"  # deep-supervision data flow in training: lockstep (paper) | staggered
+    # models with a posterior: the state carried to the next supervision step in training is the
+    # posterior's (paper: trajectories sampled from q) or the prior's (the states inference visits)
+    carry_state: str = "posterior"
     halting: str = "bce"  # bce (TRM: q_halt > 0) | q_learning (HRM: q_halt > q_continue)
     halt_exploration: float = 0.1
     halt_loss_weight: float = 0.5
@@ -317,7 +337,8 @@ class RecursiveConfig:
             raise ValueError("puzzle_lr and puzzle_wd must be non-negative")
         check_choices(self, mixer=MIXERS, ce_reduce=("sum", "mean"), halting=("bce", "q_learning"),
                       decode=("argmax", "sample"), init=("fixed", "random"),
-                      targets=("prior", "posterior"), value_target=("token_acc", "exact"))
+                      targets=("prior", "posterior"), value_target=("token_acc", "exact"),
+                      carry=("lockstep", "staggered"), carry_state=("posterior", "prior"))
         if self.halt_loss_weight < 0 or self.value_loss_weight < 0:
             raise ValueError("halt_loss_weight and value_loss_weight must be non-negative")
         if not 0 <= self.halt_exploration <= 1:
