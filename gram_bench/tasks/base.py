@@ -34,6 +34,16 @@ def identity(cfg: Any) -> dict:
     return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.metadata.get("identity", True)}
 
 
+def check_source_fields(cfg: Any, read_by: dict[str, str]) -> None:
+    """Refuse a field set away from its default when the chosen `source` never reads it
+    (`read_by`: field -> the one source that reads it), e.g. a data_dir with the generator."""
+    for name, source in read_by.items():
+        f = next(f for f in dataclasses.fields(cfg) if f.name == name)
+        if getattr(cfg, name) != f.default and cfg.source != source:
+            raise ValueError(f"task.{name} is read only by task.source={source}, but task.source={cfg.source}; "
+                             f"pass --set task.source={source} too, or drop task.{name}")
+
+
 def identity_of_dict(cls: type, d: Any) -> Any:
     if not isinstance(d, dict):
         return d

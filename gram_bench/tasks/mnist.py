@@ -41,7 +41,7 @@ import torch
 
 from gram_bench.harness.errors import UsageError
 from gram_bench.tasks import TASKS
-from gram_bench.tasks.base import EvalSet, Layout, Task, TrainSet
+from gram_bench.tasks.base import EvalSet, Layout, Task, TrainSet, check_source_fields
 
 SIDE, PATCH = 28, 2
 PAD, BLACK, WHITE = 0, 1, 2
@@ -202,6 +202,7 @@ class Mnist(Task):
             if self.train_limit < 0 or self.eval_inputs < 1 or self.classifier_epochs < 1 or self.seed < 0:
                 raise ValueError("train_limit and seed must be non-negative; eval_inputs and classifier_epochs "
                                  "at least 1")
+            check_source_fields(self, {"data_dir": "idx"})
 
     @classmethod
     def model_hints(cls, cfg: "Mnist.Config") -> dict:

@@ -44,7 +44,7 @@ import torch
 
 from gram_bench.harness.errors import UsageError
 from gram_bench.tasks import TASKS
-from gram_bench.tasks.base import EvalSet, Layout, Task, TrainSet
+from gram_bench.tasks.base import EvalSet, Layout, Task, TrainSet, check_source_fields
 
 BLANK, DIGIT0 = 1, 2  # token of a blank cell, token of digit 1
 VOCAB = 11
@@ -395,6 +395,7 @@ class SudokuExtreme(SudokuTask):
             for name in ("augmentations", "test_limit", "min_rating", "seed"):
                 if getattr(self, name) < 0:
                     raise ValueError(f"{name} must be non-negative")
+            check_source_fields(self, {"data_dir": "csv", "bad_rows": "csv", "min_rating": "generated"})
 
     @classmethod
     def model_hints(cls, cfg: "SudokuExtreme.Config") -> dict:
@@ -508,6 +509,7 @@ class SudokuUncond(SudokuTask):
                     raise ValueError(f"{name} must be at least 1")
             if self.seed < 0:
                 raise ValueError("seed must be non-negative")
+            check_source_fields(self, {"data_dir": "csv", "bad_rows": "csv"})
 
     @classmethod
     def model_hints(cls, cfg: "SudokuUncond.Config") -> dict:
