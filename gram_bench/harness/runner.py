@@ -192,19 +192,13 @@ def check_compiler(device: torch.device) -> None:
                          "install one, or drop train.compile.")
 
 
-def compile_cores(model: torch.nn.Module) -> int:
-    """torch.compile (static shapes) every block stack of the model in place: the recursive
-    step's network calls (and the DiT blocks). Parameter names, and so checkpoints, are
-    unchanged. Returns how many modules were compiled."""
-    from gram_bench.models.diffusion import DiTBlock
-    from gram_bench.models.layers import Stack
-
-    k = 0
-    for m in model.modules():
-        if isinstance(m, (Stack, DiTBlock)):
-            m.compile(dynamic=False)
-            k += 1
-    return k
+def compile_cores(model) -> int:
+    """torch.compile (static shapes) the modules the model names (`Model.compile_targets`)
+    in place, so parameter names, and checkpoints, are unchanged. Returns how many."""
+    targets = model.compile_targets()
+    for m in targets:
+        m.compile(dynamic=False)
+    return len(targets)
 
 
 CHECKPOINT_KEYS = ("step", "fingerprint", "config", "model", "optimizer", "sampler", "rng")

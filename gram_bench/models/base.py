@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gram_bench.models.layers import (MIXERS, InputEmbedding, Linear, PatchHead, count_params, pad_to,
+from gram_bench.models.layers import (MIXERS, InputEmbedding, Linear, PatchHead, Stack, count_params, pad_to,
                                      trunc_normal_)
 
 Carry = dict[str, Any]
@@ -60,6 +60,11 @@ class Model(nn.Module):
 
     def num_params(self) -> int:
         return count_params(self)
+
+    def compile_targets(self) -> list[nn.Module]:
+        """The submodules `train.compile` compiles in place (static shapes): by default every
+        block stack (`Stack`), which is where a recursive step spends its time."""
+        return [m for m in self.modules() if isinstance(m, Stack)]
 
     def sparse_step(self, lr_scale: float) -> None:
         """Update state trained outside the optimizer, after `opt.step()`; `lr_scale` is the

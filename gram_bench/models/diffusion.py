@@ -186,6 +186,10 @@ class DiscreteDiffusion(Model):
     def sample_times(self, steps: int, device) -> torch.Tensor:
         return torch.linspace(1.0, 0.0, steps + 1, device=device)
 
+    def compile_targets(self) -> list[nn.Module]:
+        """The denoiser's DiT blocks."""
+        return [m for m in self.modules() if isinstance(m, DiTBlock)]
+
     def calls_per_answer(self, steps: int) -> int:
         return len(self.sample_times(steps, torch.device("cpu"))) - 1
 
