@@ -275,3 +275,15 @@ def test_carry_state_prior_carries_the_prior_path():
     _, _, prior = m.loss(b, m.initial_carry(b, CPU))
     assert not torch.equal(post["state"][0], prior["state"][0])  # h differs: eps from p, not q
     assert torch.equal(post["state"][1], prior["state"][1])  # l is the same (noise only on h)
+
+
+def test_sigma_cap_bounds_the_guidance_noise_and_starts_at_sigma_init():
+    m = make(GRAM, GRAM_CFG, sigma_init=0.1, sigma_max=0.2)
+    u = torch.randn(2, m.seq_len, 32)
+    _, sd = m.guide.prior(u)
+    torch.testing.assert_close(sd, torch.full_like(sd, 0.1))
+    torch.nn.init.normal_(m.guide.prior.out.weight, std=100.0)  # push raw to both extremes
+    _, sd = m.guide.prior(u)
+    assert float(sd.max()) <= 0.2 + 1e-6 and float(sd.min()) >= 1e-3 - 1e-9
+    with pytest.raises(ValueError, match="sigma_min < sigma_init < sigma_max"):
+        dataclasses.replace(GRAM_CFG, sigma_init=0.3, sigma_max=0.2).check()

@@ -43,6 +43,7 @@ class GuidanceConfig:
     sigma: str = "softplus"  # [open] softplus | exp
     sigma_init: float = 0.1  # [open] initial sigma of prior and posterior (1.0 measured not to learn)
     sigma_min: float = 1e-3  # [open] floor on sigma
+    sigma_max: float = 0.0  # [open] cap on sigma (sigma = min + (max - min) * sigmoid); 0 = no cap
     posterior_at: str = "last"  # [open] transitions that sample the posterior in training: last | all
     enc_channels: int = 32  # [open] image tasks: channels of the posterior's conv encoder of y
 
@@ -55,6 +56,8 @@ class GuidanceConfig:
             raise ValueError("kl_balance must be in [0, 1]")
         if self.sigma_init <= 0 or self.sigma_min < 0:
             raise ValueError("sigma_init must be positive and sigma_min non-negative")
+        if self.sigma_max and not self.sigma_min < self.sigma_init < self.sigma_max:
+            raise ValueError("with a cap, sigma_min < sigma_init < sigma_max must hold (sigma_max=0: no cap)")
         if self.enc_channels < 1:
             raise ValueError("enc_channels must be at least 1")
 
@@ -66,21 +69,29 @@ def gaussian_kl(mu_q, sd_q, mu_p, sd_p) -> torch.Tensor:
 
 class GaussianHead(nn.Module):
     """MLP giving (mu, sigma) of a diagonal Gaussian over eps, [B, S, D] each. The output layer
-    starts at zero, so mu = 0 and sigma = sigma_init at initialisation."""
+    starts at zero, so mu = 0 and sigma = sigma_init at initialisation. With a cap
+    (`sigma_max` > 0) sigma = sigma_min + (sigma_max - sigma_min) * sigmoid(raw)."""
 
-    def __init__(self, d_in: int, dim: int, hidden: int, sigma: str, sigma_init: float, sigma_min: float):
+    def __init__(self, d_in: int, dim: int, hidden: int, sigma: str, sigma_init: float, sigma_min: float,
+                 sigma_max: float = 0.0):
         super().__init__()
-        self.sigma, self.sigma_min = sigma, sigma_min
+        self.sigma, self.sigma_min, self.sigma_max = sigma, sigma_min, sigma_max
         self.inp = Linear(d_in, hidden, bias=True)
         self.out = Linear(hidden, 2 * dim, bias=True)
         nn.init.zeros_(self.out.weight)
         s0 = max(sigma_init - sigma_min, 1e-4)
-        raw0 = math.log(math.expm1(s0)) if sigma == "softplus" else math.log(s0)
+        if sigma_max:
+            f = s0 / (sigma_max - sigma_min)
+            raw0 = math.log(f / (1 - f))
+        else:
+            raw0 = math.log(math.expm1(s0)) if sigma == "softplus" else math.log(s0)
         with torch.no_grad():
             self.out.bias[dim:] = raw0
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mu, raw = self.out(F.silu(self.inp(x))).float().chunk(2, dim=-1)
+        if self.sigma_max:
+            return mu, self.sigma_min + (self.sigma_max - self.sigma_min) * torch.sigmoid(raw)
         sd = F.softplus(raw) if self.sigma == "softplus" else torch.exp(raw.clamp(max=10))
         return mu, sd + self.sigma_min
 
@@ -94,9 +105,9 @@ class Guidance(nn.Module):
         self.cfg, self.seq_len, self.prefix = cfg, seq_len, prefix
         G = cfg.guidance_hidden or dim
         if cfg.guidance in ("learned", "mean"):
-            self.prior = GaussianHead(dim, dim, G, cfg.sigma, cfg.sigma_init, cfg.sigma_min)
+            self.prior = GaussianHead(dim, dim, G, cfg.sigma, cfg.sigma_init, cfg.sigma_min, cfg.sigma_max)
             d_in = 2 * dim if cfg.posterior_input == "concat" else dim
-            self.posterior = GaussianHead(d_in, dim, G, cfg.sigma, cfg.sigma_init, cfg.sigma_min)
+            self.posterior = GaussianHead(d_in, dim, G, cfg.sigma, cfg.sigma_init, cfg.sigma_min, cfg.sigma_max)
             if image is not None:  # y is an image: the paper's conv encoder to patch features
                 self.y_embed = PatchEncoder(vocab, dim, *image, channels=cfg.enc_channels)
             else:
