@@ -1,4 +1,4 @@
-"""Property-based fuzzing (hypothesis) of the CLI and the data loaders (issue 10).
+"""Property-based fuzzing (hypothesis) of the CLI and the data loaders.
 
 Every case is a malformed input: a bad argument or `--set` value for each command, a Sudoku
 CSV with one broken row, a mutated ARC JSON file, a mutated dataset manifest or truncated

@@ -1,4 +1,4 @@
-"""Reliability and security (issue 10): SIGKILL fault injection with bit-identical resume,
+"""Reliability and security: SIGKILL fault injection with bit-identical resume,
 non-finite losses and gradients, checkpoints from elsewhere (another config, another model,
 a malicious pickle), and locking of run directories.
 

@@ -1,6 +1,6 @@
 """Atomic file writes, JSON lines, hashing, and advisory file locks.
 
-Crash safety (issue 10): every file of a run record is written whole or not at all: a temp
+Crash safety: every file of a run record is written whole or not at all: a temp
 file `.<name>.<random>.tmp` in the same directory, fsync, rename over the target, fsync of
 the directory. A process killed in the middle leaves at most a stale temp file (removed by
 `remove_stale_temp`), never a torn target. The one exception is an append-only JSON-lines

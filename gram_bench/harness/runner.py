@@ -1,7 +1,7 @@
 """The runner: builds a task and a model from the registries, trains, samples, verifies,
 and writes the run record (DESIGN.md section 5). It knows neither task nor model internals.
 
-Reliability (issue 10): the process writing a run directory holds its lock (`.lock`); every
+Reliability: the process writing a run directory holds its lock (`.lock`); every
 file is written atomically; the checkpoint holds everything the next step depends on (model,
 EMA, optimizer, data position, carry, the partial log averages, and the torch, CUDA, numpy
 and Python RNG states), so a run killed at any moment and resumed ends bit-identical to an

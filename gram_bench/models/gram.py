@@ -8,9 +8,9 @@ One transition:  K times l <- f_L(l + h + e_x);  u = f_H(h + l);
 T transitions form one supervision step; only the last carries gradient. In training the
 posterior is sampled at that last transition only (`posterior_at=last`): the earlier ones
 use the prior, as at inference, because their KL is not in the loss and a posterior there
-would pass y to the decoder for free (measured: train exact 1.0, prior-rollout 0.0). Loss per
-supervision step (Eq. 14): CE(decoder(h_T), y) summed over the answer tokens + beta * KL(q || p)
-summed over latent dimensions, at the last transition, with KL balancing
+would pass y to the decoder for free. Loss per supervision step (Eq. 14): CE(decoder(h_T), y)
+summed over the answer tokens + beta * KL(q || p) summed over latent dimensions, at the last
+transition, with KL balancing
 0.8 * KL(sg(q) || p) + 0.2 * KL(q || sg(p)) (`ce_reduce=mean` is the averaged-CE ablation).
 The last transition is also taken with the prior's eps (no gradient): the halting and LPRM
 targets come from that prior state, which is what inference decodes.
