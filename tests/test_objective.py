@@ -118,3 +118,16 @@ def test_training_logs_posterior_prior_and_kl_for_gram_and_one_path_for_trm():
     t = make(TRM, TRM_CFG).train()
     _, logs, _ = t.loss(b, t.initial_carry(b, CPU))
     assert "prior_exact" not in logs and "value" not in logs and t.v_head is None  # one path, no value head
+
+
+def test_prior_ce_trains_the_prior_through_its_own_decode():
+    """At init q == p (zero output layers), so the KL gives the prior no gradient; the
+    prior-path CE (a named deviation from Eq. 14) does."""
+    b = batch(4)
+    grads = {}
+    for w in (0.0, 1.0):
+        m = make(GRAM, GRAM_CFG, T=1, prior_ce=w).train()
+        loss, _, _ = m.loss(b, m.initial_carry(b, CPU))
+        loss.backward()
+        grads[w] = float(m.guide.prior.out.weight.grad.abs().sum())
+    assert grads[0.0] == 0.0 and grads[1.0] > 0.0

@@ -217,13 +217,18 @@ class RecursiveModel(Model):
         logits = self.decode(hid)
         ce_tok = F.cross_entropy(logits.transpose(1, 2), y, reduction="none")  # [B, L], nats
         ce = ce_tok.mean(-1) if self.cfg.ce_reduce == "mean" else ce_tok.sum(-1)
+        prior_ce = self.cfg.prior_ce if prior_state is not None else 0.0  # only models with a posterior
+        if prior_state is not None:
+            prior_hid = self.readout(prior_state)
+            with torch.set_grad_enabled(torch.is_grad_enabled() and prior_ce > 0):
+                p_logits = self.decode(prior_hid)
+            prior_hid = prior_hid.detach()
         with torch.no_grad():
             hit = logits.argmax(-1) == y
             tok_acc, exact = hit.float().mean(-1), hit.all(-1)
             t_tok, t_exact, judged = tok_acc, exact, hid
             if prior_state is not None:
-                prior_hid = self.readout(prior_state)
-                p_hit = self.decode(prior_hid).argmax(-1) == y
+                p_hit = p_logits.argmax(-1) == y
                 p_exact = p_hit.all(-1)
                 if self.cfg.targets == "prior":
                     t_tok, t_exact, judged = p_hit.float().mean(-1), p_exact, prior_hid
@@ -236,6 +241,10 @@ class RecursiveModel(Model):
             halt_loss = halt_loss + F.binary_cross_entropy_with_logits(
                 q[:, 1], self._continue_target(state, e_x, steps >= self.cfg.n_sup))
         loss = (ce + extra).mean() + self.cfg.halt_loss_weight * halt_loss
+        if prior_state is not None and prior_ce > 0:  # a deviation from Eq. 14 (GuidanceConfig.prior_ce)
+            p_tok = F.cross_entropy(p_logits.transpose(1, 2), y, reduction="none")
+            p_ce = p_tok.mean(-1) if self.cfg.ce_reduce == "mean" else p_tok.sum(-1)
+            loss = loss + prior_ce * p_ce.mean()
         logs = {"ce": ce.mean().detach(), "ce_token": ce_tok.mean().detach(), "halt": halt_loss.detach(),
                 "token_acc": tok_acc.mean(), "exact": exact.float().mean(), "steps": steps.float().mean(),
                 **extra_logs}
@@ -254,7 +263,7 @@ class RecursiveModel(Model):
                 min_steps = torch.randint_like(steps, min(2, self.cfg.n_sup), self.cfg.n_sup + 1) * explore
                 halted = halted | (halt_now & (steps >= min_steps))
         if prior_state is not None and self.cfg.carry_state == "prior":
-            state = prior_state
+            state = tuple(s.detach() for s in prior_state)
         new_carry = {"state": tuple(s.detach() for s in state), "steps": steps, "halted": halted,
                      "inputs": c["inputs"], "targets": y, "puzzle_ids": c["puzzle_ids"]}
         return loss, logs, new_carry

@@ -45,6 +45,9 @@ class GuidanceConfig:
     sigma_min: float = 1e-3  # [open] floor on sigma
     sigma_max: float = 0.0  # [open] cap on sigma (sigma = min + (max - min) * sigmoid); 0 = no cap
     posterior_at: str = "last"  # [open] transitions that sample the posterior in training: last | all
+    # weight of a CE on the prior path's decode at the last transition (reparameterised, with
+    # gradient into the prior and the core); 0 = Eq. 14 alone. Not in the paper: a deviation
+    prior_ce: float = 0.0
     enc_channels: int = 32  # [open] image tasks: channels of the posterior's conv encoder of y
 
     def check_guidance(self) -> None:
@@ -60,6 +63,8 @@ class GuidanceConfig:
             raise ValueError("with a cap, sigma_min < sigma_init < sigma_max must hold (sigma_max=0: no cap)")
         if self.enc_channels < 1:
             raise ValueError("enc_channels must be at least 1")
+        if self.prior_ce < 0:
+            raise ValueError("prior_ce must be non-negative")
 
 
 def gaussian_kl(mu_q, sd_q, mu_p, sd_p) -> torch.Tensor:
@@ -132,7 +137,8 @@ class Guidance(nn.Module):
                 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """Returns (u + eps, elementwise KL [B, S, D], u + eps_prior). With the posterior
         (y_feat given) eps comes from q and the third value is the same step taken with the
-        prior's eps, without gradient, for the halting and value targets; without it eps comes
+        prior's eps, for the halting and value targets (with gradient only under `prior_ce`,
+        whose CE trains through it); without it eps comes
         from the prior and the KL and the third value are None."""
         g = self.cfg.guidance
         if g == "none":
@@ -143,7 +149,7 @@ class Guidance(nn.Module):
         if y_feat is None:
             eps = mu_p if g == "mean" else mu_p + sd_p * torch.randn_like(mu_p)
             return u + eps.to(u.dtype), None, None
-        with torch.no_grad():
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.cfg.prior_ce > 0):
             eps_p = mu_p if g == "mean" else mu_p + sd_p * torch.randn_like(mu_p)
             h_prior = u + eps_p.to(u.dtype)
         post_in = torch.cat([u, y_feat], -1) if self.cfg.posterior_input == "concat" else u + y_feat
