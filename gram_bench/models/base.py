@@ -205,9 +205,10 @@ class RecursiveModel(Model):
 
         The halting and value targets describe what inference will do (`targets=prior`): a
         model with a posterior also returns `prior_state`, the last transition redone with the
-        prior's eps (no gradient); its decode gives the targets (halting: exact; LPRM: token
-        accuracy or exact, `value_target`) and the heads read that state, as they do at
-        inference. A deterministic model has one path, so both choices agree there."""
+        prior's eps (no gradient unless `prior_ce` adds a CE on its decode); its decode gives
+        the targets (halting: exact; LPRM: token accuracy or exact, `value_target`) and the
+        heads read that state, as they do at inference. A deterministic model has one path, so
+        both choices agree there. `carry_state=prior` carries that state to the next step."""
         c = self._reset(batch, carry)
         y = c["targets"]
         e_x = self.embed_inputs(c["inputs"], c["puzzle_ids"])
