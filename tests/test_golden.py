@@ -66,7 +66,7 @@ def build(fx: dict, **changes):
 
 def close(name: str, got: torch.Tensor, want: torch.Tensor) -> None:
     assert got.shape == want.shape, (name, got.shape, want.shape)
-    err = float((got - want).abs().max())
+    err = float((got.detach() - want).abs().max())
     assert torch.allclose(got, want, **TOL), f"{name}: max abs error {err:.3g}"
 
 
@@ -81,25 +81,31 @@ def test_fixture_provenance(name):
     assert (fx["our_config"]["mixer"] == "mlp") == (name == "trm_mlp")
 
 
+@torch.no_grad()
+def rollout(m, fx):
+    """(step index, our state after that supervision step, the fixture's record of it)."""
+    x = fx["inputs"]
+    e_x = m.embed_inputs(x["inputs"], x["puzzle_ids"])
+    state = m.init_state(x["inputs"].shape[0], CPU)
+    for i, want in enumerate(fx["steps"]):
+        state, _ = m.segment(state, e_x, None)
+        yield i, state, want
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_recursion_matches_official(name):
     """Two supervision steps from the initial state: states, logits, both Q logits."""
     fx = load(name)
     m = build(fx).eval()
-    x = fx["inputs"]
-    with torch.no_grad():
-        e_x = m.embed_inputs(x["inputs"], x["puzzle_ids"])
-        state = m.init_state(x["inputs"].shape[0], CPU)
-        for i, want in enumerate(fx["steps"]):
-            state, _ = m.segment(state, e_x, None)
-            hid = m.readout(state)
-            q, value = m.judge(hid)
-            assert value is None
-            close(f"step {i} z_H", state[0], want["z_H"])
-            close(f"step {i} z_L", state[1], want["z_L"])
-            close(f"step {i} logits", m.decode(hid), want["logits"])
-            close(f"step {i} q_halt", q[:, 0], want["q_halt"])
-            close(f"step {i} q_continue", q[:, 1], want["q_continue"])
+    for i, state, want in rollout(m, fx):
+        hid = m.readout(state)
+        q, value = m.judge(hid)
+        assert value is None
+        close(f"step {i} z_H", state[0], want["z_H"])
+        close(f"step {i} z_L", state[1], want["z_L"])
+        close(f"step {i} logits", m.decode(hid), want["logits"])
+        close(f"step {i} q_halt", q[:, 0], want["q_halt"])
+        close(f"step {i} q_continue", q[:, 1], want["q_continue"])
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -120,14 +126,9 @@ def test_trm_bce_head_is_the_official_q_halt(name):
     fx = load(name)
     m = build(fx, halting="bce").eval()
     assert m.q_head.out_features == 1
-    x = fx["inputs"]
-    with torch.no_grad():
-        e_x = m.embed_inputs(x["inputs"], x["puzzle_ids"])
-        state = m.init_state(x["inputs"].shape[0], CPU)
-        for i, want in enumerate(fx["steps"]):
-            state, _ = m.segment(state, e_x, None)
-            q, _ = m.judge(m.readout(state))
-            close(f"step {i} q_halt", q[:, 0], want["q_halt"])
+    for i, state, want in rollout(m, fx):
+        q, _ = m.judge(m.readout(state))
+        close(f"step {i} q_halt", q[:, 0], want["q_halt"])
 
 
 def test_trm_loss_matches_official_act_loss_head():
