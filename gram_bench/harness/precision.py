@@ -13,6 +13,7 @@ and the timings go into env.json; a resumed run or `gram-bench eval` reuses them
 from __future__ import annotations
 
 import copy
+import statistics
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable
@@ -61,11 +62,6 @@ def fixed(precision: str, device: torch.device) -> Precision | None:
     return None
 
 
-def _median(xs: list[float]) -> float:
-    xs = sorted(xs)
-    return xs[len(xs) // 2]
-
-
 def _race(run: Callable[[bool], None], n: int) -> dict[str, float]:
     """Median seconds of `run(bf16)` for fp32 and bf16, one warm-up each, then `n` calls each,
     alternating; bf16 stops after its warm-up when that is GIVE_UP times fp32's."""
@@ -82,7 +78,7 @@ def _race(run: Callable[[bool], None], n: int) -> dict[str, float]:
             t = time.perf_counter()
             run(bf16)
             times[bf16].append(time.perf_counter() - t)
-    return {"fp32": _median(times[False]), "bf16": _median(times[True])}
+    return {"fp32": statistics.median(times[False]), "bf16": statistics.median(times[True])}
 
 
 def probe(model: torch.nn.Module, batch: dict, inputs: torch.Tensor, puzzle_ids: torch.Tensor, samples: int,
