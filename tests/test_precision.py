@@ -72,3 +72,58 @@ def test_auto_run_records_its_choice_and_reuses_it_on_resume(cli, tmp_path, data
     res = cli(*args, "--resume")
     assert res.exit_code == 0, res.output
     assert "recorded" in res.text  # a resumed run keeps the dtype it trained in
+
+
+@pytest.mark.parametrize("eager, compiled", [(0.3, 0.2), (0.2, 0.3)])
+def test_compile_auto_compiles_only_when_the_compiled_step_was_measured_faster(monkeypatch, cli, tmp_path,
+                                                                              data_root, eager, compiled):
+    """`train.compile=auto`: the run's own probe decides, the choice and its timings go into
+    env.json, and the model is compiled exactly when the compiled step was faster."""
+    from gram_bench.harness import runner
+
+    compiled_models = []
+    monkeypatch.setattr(runner, "probe_compile", lambda *a, **k: {"eager": eager, "compiled": compiled})
+    monkeypatch.setattr(runner, "compile_cores", lambda m: compiled_models.append(m) or 2)
+    args = ("run", "--task", "nqueens", "--model", "gram", *SMOKE, "--runs-dir", tmp_path, "--data-dir", data_root,
+            "--set", "train.compile=auto")
+    res = cli(*args)
+    assert res.exit_code == 0, res.output
+    rdir = run_path(tmp_path, resolve("nqueens", "gram", "smoke", {"train.compile": "auto"}))
+    rec = json.loads((rdir / "env.json").read_text())["precision"]
+    assert rec["compile_how"] == "probe" and rec["timings"]["compile_step"] == {"eager": eager, "compiled": compiled}
+    assert rec["compile"] == (compiled < eager) == bool(compiled_models)
+    assert ("compiled (" in res.text) == (compiled < eager)
+
+
+def test_compile_auto_stays_eager_without_a_cpp_compiler(monkeypatch, cli, tmp_path, data_root):
+    from gram_bench.harness import runner
+
+    monkeypatch.setattr(runner, "has_compiler", lambda device: False)
+    monkeypatch.setattr(runner, "probe_compile", lambda *a, **k: pytest.fail("no probe without a compiler"))
+    res = cli("run", "--task", "nqueens", "--model", "gram", *SMOKE, "--runs-dir", tmp_path, "--data-dir", data_root,
+              "--set", "train.compile=auto")
+    assert res.exit_code == 0, res.output
+    assert "eager" in res.text and "no C++ compiler" in res.text
+
+
+def test_the_compile_probe_times_an_eager_and_a_compiled_copy_and_leaves_the_model(monkeypatch):
+    from test_models import GRAM_CFG, batch, make
+    from gram_bench.models.gram import GRAM
+
+    model = make(GRAM, GRAM_CFG)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    compiled = []
+    b = batch(4)
+
+    def step(twin, opt, bb, carry, bf16):
+        loss, _, carry = twin.loss(bb, carry)
+        loss.backward()
+        opt.step()
+        return carry
+
+    rng = torch.get_rng_state()
+    t = precision.probe_compile(model, b, torch.device("cpu"), step, False, compiled.append)
+    assert set(t) == {"eager", "compiled"} and all(v > 0 for v in t.values())
+    assert len(compiled) == 1 and compiled[0] is not model  # a copy was compiled, not the model
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())

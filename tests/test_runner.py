@@ -177,6 +177,12 @@ def test_lr_warmup():
     assert [runner.lr_at(s, tc) for s in range(4)] == pytest.approx([5e-4, 1e-3, 1e-3, 1e-3])
 
 
+def test_cosine_schedule_warms_up_then_decays_to_zero_at_the_last_step():
+    tc = resolve("nqueens", "gram", "smoke", {"train.schedule": "cosine", "train.steps": 6}).train  # warmup 2
+    assert [runner.lr_at(s, tc) for s in range(7)] == pytest.approx(
+        [5e-4, 1e-3, 1e-3, 1e-3 * (1 + 2 ** -0.5) / 2, 5e-4, 1e-3 * (1 - 2 ** -0.5) / 2, 0.0])
+
+
 def test_eval_subset_and_name():
     assert eval_subset(10, 0).tolist() == list(range(10))
     assert eval_subset(10, 20).tolist() == list(range(10))

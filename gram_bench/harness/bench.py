@@ -22,6 +22,7 @@ reported against the first setting.
 
 from __future__ import annotations
 
+import os
 import platform
 import statistics
 import time
@@ -219,6 +220,7 @@ def bench(task: str, model: str, profile: str = "cpu", sets: dict | None = None,
     device = pick_device(device_name)
     if threads:
         torch.set_num_threads(threads)
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path("bench").resolve() / ".inductor-cache"))
     sets = dict(sets or {})
     if compile_core:
         sets["train.compile"] = True
@@ -255,7 +257,7 @@ def bench(task: str, model: str, profile: str = "cpu", sets: dict | None = None,
         width = rates[str(hi)]["answers_per_s"] / rates[str(lo)]["answers_per_s"] if hi != lo else 1.0
         out_settings.append({
             "label": s.label, "sets": dict(s.cfg.overrides), "params": s.model.num_params(),
-            "bf16": s.bf16, "sample_bf16": s.sample_bf16, "batch": s.cfg.train.batch_size, "threads": s.threads, "compile": s.cfg.train.compile,
+            "bf16": s.bf16, "sample_bf16": s.sample_bf16, "batch": s.cfg.train.batch_size, "threads": s.threads, "compile": s.prec.compile,
             "train": {"step_s_median": med, "step_s_q1": q[0], "step_s_q3": q[2],
                       "examples_per_s": s.cfg.train.batch_size / med, "flops_per_step": flops,
                       "achieved_flops_per_s": achieved, "matmul": mm,

@@ -38,6 +38,9 @@ class TrainConfig:
     beta1: float = 0.9
     beta2: float = 0.95
     warmup_steps: int = 100
+    # lr after warm-up: constant (TRM) | cosine (decays to 0 at `steps`, for runs whose length
+    # is fixed in advance; with train.max_minutes the decay still spans `steps`)
+    schedule: str = "constant"
     grad_clip: float = 1.0
     ema: float = 0.999  # 0 disables EMA
     precision: str = "auto"  # auto | fp32 | bf16
@@ -49,7 +52,9 @@ class TrainConfig:
     threads: int = 0  # torch intra-op threads; 0 = torch's default
     max_minutes: float = 0.0  # stop training early after this wall time; 0 = no limit
     nonfinite: str = "stop"  # a NaN/inf loss or gradient: stop (fail the run) | skip (drop the step)
-    compile: bool = False  # torch.compile the block stacks (static shapes); 1.24-1.28x per cpu-profile step (README)
+    # torch.compile the model's core (`Model.compile_targets`, static shapes): true | false | auto
+    # (compile when a C++ compiler is present and a timed probe shows the compiled step faster)
+    compile: bool | str = "auto"
 
 
 @dataclass(frozen=True)
@@ -300,6 +305,8 @@ def validate(cfg: RunConfig) -> None:
         (t.weight_decay >= 0, "train.weight_decay must be non-negative"),
         (0 <= t.beta1 < 1 and 0 <= t.beta2 < 1, "train.beta1 and train.beta2 must be in [0, 1)"),
         (t.warmup_steps >= 0, "train.warmup_steps must be non-negative"),
+        (t.schedule in ("constant", "cosine"), "train.schedule must be constant or cosine"),
+        (t.compile in (True, False, "auto"), "train.compile must be true, false or auto"),
         (t.grad_clip > 0, "train.grad_clip must be positive"),
         (t.eval_examples >= 0, "train.eval_examples must be 0 (all) or positive"),
         (t.threads >= 0, "train.threads must be 0 (torch's default) or positive"),

@@ -1,4 +1,5 @@
-"""`train.precision`: fp32 or bf16 autocast, per phase, chosen by measurement on a CPU.
+"""`train.precision` and `train.compile`: fp32 or bf16 autocast per phase, and torch.compile of
+the recursive core, chosen by measurement.
 
 On a CPU the faster dtype depends on the model's size as much as on the processor: with
 native bf16 (AVX-512 BF16, AMX) a small model's training step can be slower in bf16 (casts
@@ -8,6 +9,11 @@ model, a few training steps and a few sampling batches of the run's shapes in ea
 alternating, before training starts, and takes the faster dtype for each phase. The choice
 and the timings go into env.json; a resumed run or `gram-bench eval` reuses them. On CUDA
 `auto` is bf16 where supported; `fp32` and `bf16` are explicit choices everywhere.
+
+`train.compile=auto` then times training steps of an eager and a compiled copy of the model
+in the chosen dtype, alternating (the compilation itself is excluded: it happens in the
+warm-up, and the inductor cache makes the run's own compilation a cache hit), and compiles
+when the compiled step is faster; without a C++ compiler (CPU) it stays eager.
 """
 
 from __future__ import annotations
@@ -34,21 +40,27 @@ class Precision:
     train: bool
     sample: bool
     how: str  # asked | cuda | probe | recorded
-    timings: dict = field(default_factory=dict)  # phase -> dtype -> median seconds
+    timings: dict = field(default_factory=dict)  # phase -> dtype (or eager/compiled) -> median seconds
+    compile: bool = False  # torch.compile the model's `compile_targets`
+    compile_how: str = "asked"  # asked | probe | no compiler | recorded
 
     def record(self) -> dict:
         return asdict(self)
 
     def describe(self) -> str:
         name = {True: "bf16", False: "fp32"}
-        text = f"precision: train {name[self.train]}, sampling {name[self.sample]} ({self.how}"
+        text = f"precision: train {name[self.train]}, sampling {name[self.sample]}, " \
+               f"{'compiled' if self.compile else 'eager'} ({self.how}"
+        if self.compile_how != self.how:
+            text += f"; compile: {self.compile_how}"
         for phase, t in self.timings.items():
             text += "; " + phase + " " + ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in t.items())
         return text + ")"
 
     @staticmethod
     def from_record(rec: dict) -> "Precision":
-        return Precision(bool(rec["train"]), bool(rec["sample"]), "recorded", dict(rec.get("timings") or {}))
+        return Precision(bool(rec["train"]), bool(rec["sample"]), "recorded", dict(rec.get("timings") or {}),
+                         bool(rec.get("compile", False)), "recorded")
 
 
 def fixed(precision: str, device: torch.device) -> Precision | None:
@@ -110,3 +122,34 @@ def probe(model: torch.nn.Module, batch: dict, inputs: torch.Tensor, puzzle_ids:
         t_sample = _race(sample_once, PROBE_SAMPLES)
     return Precision(t_train["bf16"] < t_train["fp32"], t_sample["bf16"] < t_sample["fp32"], "probe",
                      {"train_step": t_train, "sample_batch": t_sample})
+
+
+def probe_compile(model: torch.nn.Module, batch: dict, device: torch.device, step: Callable[..., object],
+                  bf16: bool, compile_fn: Callable[[torch.nn.Module], object]) -> dict[str, float]:
+    """Median seconds of a training step on `batch` for an eager and a compiled copy of
+    `model` (`compile_fn` compiles a copy in place), after two warm-up steps each (the first
+    compiles the graphs with and without gradient), then PROBE_STEPS each, alternating. The
+    model and every RNG stream of the run are left as they were."""
+    forks = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=forks):
+        twins = {"eager": copy.deepcopy(model).train(), "compiled": copy.deepcopy(model).train()}
+        compile_fn(twins["compiled"])
+        opts = {k: torch.optim.AdamW(m.parameters(), lr=1e-12) for k, m in twins.items()}
+        carries: dict[str, object] = {k: None for k in twins}
+
+        def once(k: str) -> float:
+            m = twins[k]
+            t = time.perf_counter()
+            carries[k] = step(m, opts[k], batch, carries[k] or m.initial_carry(batch, device), bf16)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            return time.perf_counter() - t
+
+        for _ in range(2):
+            for k in twins:
+                once(k)
+        times: dict[str, list[float]] = {k: [] for k in twins}
+        for _ in range(PROBE_STEPS):
+            for k in twins:
+                times[k].append(once(k))
+    return {k: statistics.median(v) for k, v in times.items()}

@@ -10,8 +10,10 @@ uninterrupted one. A NaN/inf loss part or gradient stops the run before the upda
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+import os
 import random
 import re
 import shutil
@@ -32,7 +34,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from gram_bench.harness import dist
 from gram_bench.harness.config import TRAIN_LOGGING, RunConfig, config_diff, save_config
 from gram_bench.harness.device import autocast, pick_device
-from gram_bench.harness.precision import Precision, fixed, probe
+from gram_bench.harness.precision import Precision, fixed, probe, probe_compile
 from gram_bench.harness.errors import RunFailed, UsageError
 from gram_bench.harness.evaluate import eval_name, evaluate, write_eval
 from gram_bench.harness.io import (append_jsonl, atomic_torch_save, atomic_write_text, file_lock, read_jsonl,
@@ -139,9 +141,12 @@ class EMA:
 
 
 def lr_at(step: int, cfg) -> float:
-    """Linear warm-up then constant (TRM)."""
+    """Linear warm-up, then constant (TRM) or a cosine decay to 0 at `cfg.steps`."""
     if cfg.warmup_steps and step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
+    if cfg.schedule == "cosine":
+        done = (step - cfg.warmup_steps) / max(cfg.steps - cfg.warmup_steps, 1)
+        return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(done, 1.0)))
     return cfg.lr
 
 
@@ -163,7 +168,7 @@ def build(cfg: RunConfig, data_root: Path, device: torch.device, console: Consol
     """The task (its data built first when `console` is given: a layout may depend on the data,
     e.g. ARC's number of puzzle ids) and the model, initialised from the run's seed."""
     check_fit(cfg.task_name, cfg.model_name)
-    if cfg.train.compile:
+    if cfg.train.compile is True:
         check_compiler(device)
     task = TASKS.get(cfg.task_name)(cfg.task, data_root)
     if console is not None:
@@ -176,18 +181,23 @@ def build(cfg: RunConfig, data_root: Path, device: torch.device, console: Consol
         task.verify_files()
     torch.manual_seed(cfg.seed)
     model = MODELS.get(cfg.model_name)(cfg.model, task.layout).to(device)
-    if cfg.train.compile:
+    if cfg.train.compile is True:
         compile_cores(model)
     return task, model
+
+
+def has_compiler(device: torch.device) -> bool:
+    """Whether torch.compile can build kernels here: on a CPU it needs a C++ compiler."""
+    import os
+    import shutil
+
+    return device.type != "cpu" or any(shutil.which(c) for c in (os.environ.get("CXX") or "c++", "g++", "clang++"))
 
 
 def check_compiler(device: torch.device) -> None:
     """torch.compile on a CPU builds C++ kernels: refuse up front when no compiler is found
     (inductor would fail inside the first training step)."""
-    import os
-    import shutil
-
-    if device.type == "cpu" and not any(shutil.which(c) for c in (os.environ.get("CXX") or "c++", "g++", "clang++")):
+    if not has_compiler(device):
         raise UsageError("train.compile=true on a CPU needs a C++ compiler (c++, g++ or clang++ on PATH, or $CXX); "
                          "install one, or drop train.compile.")
 
@@ -344,6 +354,8 @@ def run(cfg: RunConfig, runs_dir: Path = Path("runs"), data_root: Path = Path("d
     device = pick_device(device_name)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
+    # compiled kernels are cached beside the runs, so the next run of a shape compiles from cache
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path(runs_dir).resolve() / ".inductor-cache"))
     rdir = run_path(runs_dir, cfg)
     skip = _refuse_or_skip(rdir, resume, force, console, check_lock=main)
     dist.barrier()  # every rank has read the status before rank 0 writes anything
@@ -391,8 +403,42 @@ def choose_precision(cfg: RunConfig, task, model, device: torch.device, console:
                          cfg.eval.samples, device, step)
         if dist.world_size() > 1:
             prec = dist.gather_objects(prec)[0]
+    prec = _choose_compile(cfg, task, model, device, console, prec)
     console.print(escape(prec.describe()))
     return prec
+
+
+def _choose_compile(cfg: RunConfig, task, model, device: torch.device, console: Console, prec: Precision) -> Precision:
+    """`train.compile` resolved: true (already compiled by `build`) and false as asked; `auto`
+    keeps a recorded choice (a resumed run), stays eager without a C++ compiler, else times
+    eager and compiled training steps in the chosen dtype (`precision.probe_compile`) and
+    compiles the model when the compiled step is faster."""
+    want = cfg.train.compile
+    if want != "auto":
+        return dataclasses.replace(prec, compile=bool(want), compile_how="asked")
+    if prec.how == "recorded" and prec.compile_how != "asked":
+        if prec.compile:
+            compile_cores(model)
+        return prec
+    if not has_compiler(device):
+        return dataclasses.replace(prec, compile=False, compile_how="no C++ compiler")
+    if not model.compile_targets():
+        return dataclasses.replace(prec, compile=False, compile_how="nothing to compile")
+    data = task.train_set().to(device)
+    batch = data.batch(torch.arange(min(dist.local_batch(cfg.train.batch_size), len(data)), device=device))
+    tc = cfg.train
+
+    def step(twin, opt, b, carry, bf16):
+        return train_step(twin, opt, b, carry, device=device, bf16=bf16, grad_clip=tc.grad_clip, lr_scale=1.0)[2]
+
+    with console.status("train.compile=auto: compiling a copy of the model and timing eager and compiled steps"):
+        t = probe_compile(model, batch, device, step, prec.train, compile_cores)
+    if dist.world_size() > 1:
+        t = dist.gather_objects(t)[0]
+    on = t["compiled"] < t["eager"]
+    if on:
+        compile_cores(model)
+    return dataclasses.replace(prec, compile=on, compile_how="probe", timings={**prec.timings, "compile_step": t})
 
 
 def recorded_precision(rdir: Path) -> Precision | None:
