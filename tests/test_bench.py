@@ -64,7 +64,7 @@ def test_train_compile_compiles_every_block_stack_in_place(monkeypatch, data_roo
     import torch
 
     from gram_bench.harness.config import resolve
-    from gram_bench.harness.runner import build
+    from gram_bench.harness.build import build
     from gram_bench.models.layers import Stack
 
     compiled = []

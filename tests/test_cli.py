@@ -11,7 +11,7 @@ import yaml
 
 from gram_bench.harness.config import load_config, resolve
 from gram_bench.harness.io import read_jsonl, read_jsonl_gz
-from gram_bench.harness.runner import build
+from gram_bench.harness.build import build
 from gram_bench.metrics import summarize
 
 SMOKE = ("--profile", "smoke", "--device", "cpu")

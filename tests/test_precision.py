@@ -79,11 +79,11 @@ def test_compile_auto_compiles_only_when_the_compiled_step_was_measured_faster(m
                                                                               data_root, eager, compiled):
     """`train.compile=auto`: the run's own probe decides, the choice and its timings go into
     env.json, and the model is compiled exactly when the compiled step was faster."""
-    from gram_bench.harness import runner
+    from gram_bench.harness import build
 
     compiled_models = []
-    monkeypatch.setattr(runner, "probe_compile", lambda *a, **k: {"eager": eager, "compiled": compiled})
-    monkeypatch.setattr(runner, "compile_cores", lambda m: compiled_models.append(m) or 2)
+    monkeypatch.setattr(build, "probe_compile", lambda *a, **k: {"eager": eager, "compiled": compiled})
+    monkeypatch.setattr(build, "compile_cores", lambda m: compiled_models.append(m) or 2)
     args = ("run", "--task", "nqueens", "--model", "gram", *SMOKE, "--runs-dir", tmp_path, "--data-dir", data_root,
             "--set", "train.compile=auto")
     res = cli(*args)
@@ -96,10 +96,10 @@ def test_compile_auto_compiles_only_when_the_compiled_step_was_measured_faster(m
 
 
 def test_compile_auto_stays_eager_without_a_cpp_compiler(monkeypatch, cli, tmp_path, data_root):
-    from gram_bench.harness import runner
+    from gram_bench.harness import build
 
-    monkeypatch.setattr(runner, "has_compiler", lambda device: False)
-    monkeypatch.setattr(runner, "probe_compile", lambda *a, **k: pytest.fail("no probe without a compiler"))
+    monkeypatch.setattr(build, "has_compiler", lambda device: False)
+    monkeypatch.setattr(build, "probe_compile", lambda *a, **k: pytest.fail("no probe without a compiler"))
     res = cli("run", "--task", "nqueens", "--model", "gram", *SMOKE, "--runs-dir", tmp_path, "--data-dir", data_root,
               "--set", "train.compile=auto")
     assert res.exit_code == 0, res.output

@@ -11,7 +11,7 @@ import pytest
 import torch
 from rich.console import Console
 
-from gram_bench.harness import runner
+from gram_bench.harness import training
 from gram_bench.harness.config import resolve
 from gram_bench.harness.precision import Precision
 from gram_bench.models.gram import GRAM
@@ -137,7 +137,7 @@ def test_table_is_checkpointed_and_outside_the_ema(cls, cfg):
     m = make(cls, cfg)
     with torch.no_grad():
         m.embed.puzzle_table.normal_()
-    ema = runner.EMA(m, decay=0.9)
+    ema = training.EMA(m, decay=0.9)
     assert "embed.puzzle_table" not in ema.shadow and "lm_head.weight" in ema.shadow
     with torch.no_grad():
         m.embed.puzzle_table.add_(1.0)
@@ -153,7 +153,7 @@ def test_table_is_checkpointed_and_outside_the_ema(cls, cfg):
 
 
 class RandomTask:
-    """Just enough of a task for `runner.train`: random examples over N_IDS puzzle ids."""
+    """Just enough of a task for `training.train`: random examples over N_IDS puzzle ids."""
 
     def __init__(self, layout: Layout, n: int = 64):
         g = torch.Generator().manual_seed(0)
@@ -183,7 +183,7 @@ def same(a, b, path: str) -> None:
 
 
 def test_train_updates_the_table_and_resumes_exactly(tmp_path: Path):
-    """runner.train calls sparse_step(lr / base lr) after each step; stopping after the step-3
+    """training.train calls sparse_step(lr / base lr) after each step; stopping after the step-3
     checkpoint and resuming ends where an uninterrupted run ends, bit for bit."""
     cfg = resolve("nqueens", "trm", "smoke")
     tc = dataclasses.replace(cfg.train, steps=6, batch_size=16, lr=1e-3, warmup_steps=2, checkpoint_every=3,
@@ -207,7 +207,7 @@ def test_train_updates_the_table_and_resumes_exactly(tmp_path: Path):
         scales: list[float] = []
         m.sparse_step = counted
         rdir.mkdir(exist_ok=True)
-        runner.train(cfg, task, m, rdir, CPU, Precision(False, False, "asked"), Console(file=io.StringIO()))
+        training.train(cfg, task, m, rdir, CPU, Precision(False, False, "asked"), Console(file=io.StringIO()))
         assert scales == [0.5, 1.0, 1.0, 1.0, 1.0, 1.0][-len(scales):]
         return torch.load(rdir / "checkpoint.pt", weights_only=True)
 

@@ -27,6 +27,9 @@ import torch
 
 import gram_bench
 import gram_bench.harness.runner as runner
+import gram_bench.harness.training as training
+from gram_bench.harness.build import build
+from gram_bench.harness.checkpoint import check_checkpoint, load_checkpoint
 from gram_bench.harness.config import load_config, parse_set, resolve
 from gram_bench.harness.errors import RunFailed, UsageError
 from gram_bench.harness.io import LockHeld, file_lock, read_jsonl, read_jsonl_gz
@@ -62,8 +65,8 @@ def run_cmd(runs: Path, data_root: Path, sets: tuple[str, ...]) -> list[str]:
 
 
 def assert_final_equal(rdir: Path, ref: Path) -> None:
-    ck = runner.load_checkpoint(rdir / "checkpoint.pt")
-    want = runner.load_checkpoint(ref / "checkpoint.pt")
+    ck = load_checkpoint(rdir / "checkpoint.pt")
+    want = load_checkpoint(ref / "checkpoint.pt")
     for part in ("step", "model", "ema", "optimizer", "sampler", "carry", "rng", "log_acc", "fingerprint", "config"):
         assert_same(ck[part], want[part], part)
     assert untimed(read_jsonl(rdir / "train.jsonl")) == untimed(read_jsonl(ref / "train.jsonl"))
@@ -113,7 +116,7 @@ def _check_after_kill(rdir: Path, runs: Path, steps: int) -> dict:
     if (rdir / "env.json").exists():
         json.loads((rdir / "env.json").read_text())
     if (rdir / "checkpoint.pt").exists():
-        state["ckpt"] = int(runner.load_checkpoint(rdir / "checkpoint.pt")["step"])
+        state["ckpt"] = int(load_checkpoint(rdir / "checkpoint.pt")["step"])
         assert 1 <= state["ckpt"] <= steps
     if (rdir / "train.jsonl").exists():
         read_jsonl(rdir / "train.jsonl")
@@ -221,7 +224,7 @@ def test_a_second_process_on_a_run_being_written_is_refused(cli, tmp_path, data_
     assert read_status(rdir) == "finished"  # the first process's record, whole
     assert [r["step"] for r in read_jsonl(rdir / "train.jsonl") if "loss" in r] == [2, 4, 6]
     assert len(read_jsonl_gz(rdir / "eval/test.examples.jsonl.gz")) == 16
-    assert runner.load_checkpoint(rdir / "checkpoint.pt")["step"] == 6
+    assert load_checkpoint(rdir / "checkpoint.pt")["step"] == 6
 
 
 # ----------------------------------------------------------------------------- SIGTERM, torn log, stale temp files
@@ -231,7 +234,7 @@ def test_sigterm_records_and_resume_repairs_a_torn_log(cli, gram_run, data_root,
     runs = tmp_path / "runs"
     args = ("run", "--task", "nqueens", "--model", "gram", *SMOKE, "--runs-dir", runs, "--data-dir", data_root)
     with monkeypatch.context() as mp:
-        mp.setattr(runner, "periodic_eval", lambda *a, **k: os.kill(os.getpid(), signal.SIGTERM))
+        mp.setattr(training, "periodic_eval", lambda *a, **k: os.kill(os.getpid(), signal.SIGTERM))
         res = cli(*args)
     assert res.exit_code == 143, res.output
     assert "terminated by SIGTERM" in res.text and "Traceback" not in res.output
@@ -255,9 +258,9 @@ def test_sigterm_records_and_resume_repairs_a_torn_log(cli, gram_run, data_root,
 def poison(monkeypatch, calls: set[int], part: str = "kl", grad: bool = False) -> None:
     """Make the model's `calls`-th loss calls (counted from 1 in each run() call) return a NaN
     loss part, or (grad=True) a NaN gradient on its first parameter."""
-    orig = runner.build
+    orig = build
 
-    def build(*args, **kwargs):
+    def poisoned(*args, **kwargs):
         task, model = orig(*args, **kwargs)
         real = model.loss
         st = {"n": 0, "on": False}
@@ -276,7 +279,7 @@ def poison(monkeypatch, calls: set[int], part: str = "kl", grad: bool = False) -
         model.loss = loss
         return task, model
 
-    monkeypatch.setattr(runner, "build", build)
+    monkeypatch.setattr(runner, "build", poisoned)  # what `run` calls
 
 
 def test_nan_loss_part_stops_then_resume_with_skip(cli, data_root, tmp_path, monkeypatch):
@@ -293,7 +296,7 @@ def test_nan_loss_part_stops_then_resume_with_skip(cli, data_root, tmp_path, mon
     assert msg in res.text
     assert read_status(rdir) == f"failed: {msg}. Lower train.lr, or resume with --set train.nonfinite=skip to drop " \
                                 "such steps."
-    ck = runner.load_checkpoint(rdir / "checkpoint.pt")
+    ck = load_checkpoint(rdir / "checkpoint.pt")
     assert ck["step"] == 3 and all(torch.isfinite(v).all() for v in ck["model"].values() if v.is_floating_point())
     assert not (rdir / "eval").exists()
     assert load_runs(runs).empty
@@ -306,7 +309,7 @@ def test_nan_loss_part_stops_then_resume_with_skip(cli, data_root, tmp_path, mon
     rows = [r for r in read_jsonl(rdir / "train.jsonl") if "loss" in r]
     assert [(r["step"], r.get("nonfinite_skipped", 0)) for r in rows] == [(2, 0), (4, 0), (6, 1)]
     assert all(isinstance(r["loss"], float) and r["loss"] == r["loss"] for r in rows)
-    ck = runner.load_checkpoint(rdir / "checkpoint.pt")
+    ck = load_checkpoint(rdir / "checkpoint.pt")
     assert ck["step"] == 6 and ck["nonfinite_skipped"] == 1
     assert all(torch.isfinite(v).all() for v in ck["model"].values() if v.is_floating_point())
     assert read_status(rdir) == "finished"
@@ -319,7 +322,7 @@ def test_nan_gradient_names_the_parameter(data_root, tmp_path, monkeypatch):
         runner.run(cfg, tmp_path / "runs", data_root, "cpu", console=quiet())
     msg = str(e.value)
     assert msg.startswith("non-finite gradient of ") and "(grad_norm=nan) at step 2" in msg, msg
-    first = next(n for n, _ in runner.build(cfg, data_root, torch.device("cpu"))[1].named_parameters())
+    first = next(n for n, _ in build(cfg, data_root, torch.device("cpu"))[1].named_parameters())
     assert f"gradient of {first} " in msg
     assert "no checkpoint had been written yet" in msg
     assert not (run_path(tmp_path / "runs", cfg) / "checkpoint.pt").exists()
@@ -327,7 +330,7 @@ def test_nan_gradient_names_the_parameter(data_root, tmp_path, monkeypatch):
 
 def test_skip_policy_gives_up_on_a_diverged_run(data_root, tmp_path, monkeypatch):
     poison(monkeypatch, set(range(1, 100)))
-    monkeypatch.setattr(runner, "MAX_CONSECUTIVE_SKIPS", 2)
+    monkeypatch.setattr(training, "MAX_CONSECUTIVE_SKIPS", 2)
     cfg = resolve("nqueens", "gram", "smoke", {"train.nonfinite": "skip"})
     with pytest.raises(RunFailed, match="the 3th such step in a row"):
         runner.run(cfg, tmp_path / "runs", data_root, "cpu", console=quiet())
@@ -370,7 +373,7 @@ def test_malicious_pickle_checkpoint_is_refused(cli, gram_run, copy_run, data_ro
     for kind, (path, marker) in malicious_files(tmp_path).items():
         with pytest.raises(UsageError, match="Cannot load checkpoint .* refused by the weights-only loader: "
                                              "Unsupported global"):
-            runner.load_checkpoint(path)
+            load_checkpoint(path)
         assert not marker.exists(), kind
     # through the CLI: `eval` and `run --resume` refuse it, exit 2, and nothing runs
     rdir = copy_run(gram_run)
@@ -413,8 +416,8 @@ def test_checkpoint_from_another_model_or_config_is_refused(cli, gram_run, trm_r
     # an inference-only override is not a difference
     shutil.copy(gram_run / "checkpoint.pt", rdir / "checkpoint.pt")
     cfg = load_config(rdir / "config.yaml")
-    runner.check_checkpoint(torch.load(rdir / "checkpoint.pt", weights_only=True), cfg, rdir, strict=False,
-                            ignore=("model.decode",))
+    check_checkpoint(torch.load(rdir / "checkpoint.pt", weights_only=True), cfg, rdir, strict=False,
+                     ignore=("model.decode",))
 
 
 def test_eval_of_a_run_being_written_is_refused(cli, gram_run, copy_run, data_root):

@@ -9,7 +9,11 @@ import pytest
 import torch
 
 import gram_bench.harness.runner as runner
+import gram_bench.harness.training as training
+from gram_bench.harness.build import build
+from gram_bench.harness.checkpoint import load_checkpoint
 from gram_bench.harness.config import load_config, resolve
+from gram_bench.harness.errors import UsageError
 from gram_bench.harness.evaluate import eval_name, eval_subset
 from gram_bench.harness.io import atomic_write_jsonl_gz, read_jsonl, read_jsonl_gz
 from gram_bench.harness.rundir import read_status, run_path
@@ -42,7 +46,7 @@ def test_checkpoint_round_trip(request, model, data_root):
     assert len(carry["state"]) == 2
 
     # A fresh model from another seed has another z0 until the checkpoint is loaded.
-    _, fresh = runner.build(dataclasses.replace(cfg, seed=cfg.seed + 1), data_root, CPU)
+    _, fresh = build(dataclasses.replace(cfg, seed=cfg.seed + 1), data_root, CPU)
     for name in Z0[model]:
         assert not torch.equal(fresh.state_dict()[name], ck["model"][name]), name
     fresh.load_state_dict(ck["model"])
@@ -51,7 +55,7 @@ def test_checkpoint_round_trip(request, model, data_root):
     for k, v in ck["model"].items():
         assert torch.equal(fresh.state_dict()[k], v), k
     # z0 is fixed: the checkpoint's is the one the run's own seed draws, untouched by training
-    _, same_seed = runner.build(cfg, data_root, CPU)
+    _, same_seed = build(cfg, data_root, CPU)
     for name in Z0[model]:
         assert torch.equal(getattr(same_seed, name), ck["model"][name]), name
     # and the loaded model samples what the trained one sampled
@@ -64,8 +68,8 @@ def test_checkpoint_round_trip(request, model, data_root):
 def test_load_checkpoint_refuses_garbage(tmp_path):
     p = tmp_path / "checkpoint.pt"
     p.write_bytes(b"\x00garbage")
-    with pytest.raises(runner.UsageError, match="Cannot load checkpoint"):
-        runner.load_checkpoint(p)
+    with pytest.raises(UsageError, match="Cannot load checkpoint"):
+        load_checkpoint(p)
 
 
 # ----------------------------------------------------------------------------- resume
@@ -90,7 +94,7 @@ def test_resume_after_interrupt_matches_uninterrupted(cli, gram_run, data_root, 
         raise KeyboardInterrupt
 
     with monkeypatch.context() as mp, pytest.raises(KeyboardInterrupt):
-        mp.setattr(runner, "periodic_eval", interrupt)
+        mp.setattr(training, "periodic_eval", interrupt)
         runner.run(cfg, runs, data_root, "cpu", console=quiet())
     assert seen == [1]
     assert read_status(rdir).startswith("failed: interrupted")
@@ -136,7 +140,7 @@ def test_resume_refuses_a_checkpoint_from_another_config(tmp_path, gram_run, cop
     torch.save(ck, rdir / "checkpoint.pt")
     (rdir / "status").write_text("failed: interrupted\n")
     cfg = resolve("nqueens", "gram", "smoke")
-    with pytest.raises(runner.UsageError, match="another config"):
+    with pytest.raises(UsageError, match="another config"):
         runner.run(cfg, rdir.parents[2], data_root, "cpu", resume=True, console=quiet())
     status = read_status(rdir)
     assert status.startswith("failed: ") and "written by another config" in status
@@ -146,21 +150,21 @@ def test_resume_refuses_a_checkpoint_from_another_config(tmp_path, gram_run, cop
 
 
 def test_epoch_sampler_covers_each_epoch_and_resumes():
-    s = runner.EpochSampler(10, seed=3)
+    s = training.EpochSampler(10, seed=3)
     first = torch.cat([s.next(4), s.next(4), s.next(4)])
     assert sorted(first[:10].tolist()) == list(range(10))
     assert s.state_dict() == {"epoch": 1, "pos": 2}
-    t = runner.EpochSampler(10, seed=3)
+    t = training.EpochSampler(10, seed=3)
     t.load_state_dict(s.state_dict())
     assert torch.equal(t.next(13), s.next(13))
-    assert not torch.equal(runner.EpochSampler(10, seed=4).next(10), runner.EpochSampler(10, seed=3).next(10))
+    assert not torch.equal(training.EpochSampler(10, seed=4).next(10), training.EpochSampler(10, seed=3).next(10))
 
 
 def test_ema_warmup_decay_and_apply():
     m = torch.nn.Linear(2, 1, bias=False)
     with torch.no_grad():
         m.weight.fill_(1.0)
-    ema = runner.EMA(m, decay=0.999)
+    ema = training.EMA(m, decay=0.999)
     with torch.no_grad():
         m.weight.fill_(3.0)
     ema.update(m, step=0)  # decay min(0.999, 1/10) = 0.1
@@ -174,12 +178,12 @@ def test_ema_warmup_decay_and_apply():
 
 def test_lr_warmup():
     tc = resolve("nqueens", "gram", "smoke").train  # lr 1e-3, warmup 2
-    assert [runner.lr_at(s, tc) for s in range(4)] == pytest.approx([5e-4, 1e-3, 1e-3, 1e-3])
+    assert [training.lr_at(s, tc) for s in range(4)] == pytest.approx([5e-4, 1e-3, 1e-3, 1e-3])
 
 
 def test_cosine_schedule_warms_up_then_decays_to_zero_at_the_last_step():
     tc = resolve("nqueens", "gram", "smoke", {"train.schedule": "cosine", "train.steps": 6}).train  # warmup 2
-    assert [runner.lr_at(s, tc) for s in range(7)] == pytest.approx(
+    assert [training.lr_at(s, tc) for s in range(7)] == pytest.approx(
         [5e-4, 1e-3, 1e-3, 1e-3 * (1 + 2 ** -0.5) / 2, 5e-4, 1e-3 * (1 - 2 ** -0.5) / 2, 0.0])
 
 

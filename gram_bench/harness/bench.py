@@ -105,7 +105,8 @@ class Setting:
     """A task, a model and its optimizer built from one resolved config, stepped on demand."""
 
     def __init__(self, label: str, cfg, data_root: Path, device: torch.device, console):
-        from gram_bench.harness.runner import EpochSampler, build, choose_precision, make_optimizer, train_step
+        from gram_bench.harness.build import build, choose_precision
+        from gram_bench.harness.training import EpochSampler, make_optimizer, train_step
 
         self.label, self.cfg, self.device = label, cfg, device
         self.threads = cfg.train.threads or torch.get_num_threads()  # applied around each of its steps
@@ -135,7 +136,7 @@ class Setting:
             self.cuda_rng = torch.cuda.get_rng_state(self.device)
 
     def _step(self) -> torch.Tensor:
-        """The runner's own training step (`runner.train_step`), at the base learning rate."""
+        """The runner's own training step (`training.train_step`), at the base learning rate."""
         tc = self.cfg.train
         batch = self.data.batch(self.sampler.next(tc.batch_size).to(self.device))
         if self.carry is None:

@@ -83,7 +83,7 @@ app.add_typer(data_app, name="data")
 def handle_errors(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        from gram_bench.harness.runner import Terminated
+        from gram_bench.harness.lifecycle import Terminated
 
         try:
             return fn(*args, **kwargs)
@@ -207,7 +207,8 @@ def data_build(task: str = typer.Option(..., "--task", help="Task name (see `gra
                data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Default: $GRAM_BENCH_DATA or ./data"),
                force: bool = typer.Option(False, "--force", help="Rebuild even if the directory exists.")):
     """Build a dataset directory deterministically, with a manifest of counts and hashes."""
-    from gram_bench.harness.runner import data_lock, progress_bar
+    from gram_bench.harness.build import data_lock
+    from gram_bench.harness.display import progress_bar
 
     t = _task(task, set_, data_dir)
     if t.data_dir.exists() and not force:
