@@ -19,7 +19,6 @@ when the compiled step is faster; without a C++ compiler (CPU) it stays eager.
 from __future__ import annotations
 
 import copy
-import statistics
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable
@@ -28,7 +27,7 @@ import torch
 
 from gram_bench.harness.device import autocast
 
-PROBE_STEPS = 3  # timed training steps per dtype (after one warm-up step)
+PROBE_STEPS = 5  # timed training steps per dtype or per eager/compiled copy (after the warm-ups)
 PROBE_SAMPLES = 3  # timed sampling batches per dtype (after one warm-up batch)
 GIVE_UP = 3.0  # a bf16 warm-up this many times slower than fp32's decides without timing more
 
@@ -40,7 +39,7 @@ class Precision:
     train: bool
     sample: bool
     how: str  # asked | cuda | probe | recorded
-    timings: dict = field(default_factory=dict)  # phase -> dtype (or eager/compiled) -> median seconds
+    timings: dict = field(default_factory=dict)  # phase -> dtype (or eager/compiled) -> fastest seconds
     compile: bool = False  # torch.compile the model's `compile_targets`
     compile_how: str = "asked"  # asked | probe | no compiler | recorded
 
@@ -75,8 +74,10 @@ def fixed(precision: str, device: torch.device) -> Precision | None:
 
 
 def _race(run: Callable[[bool], None], n: int) -> dict[str, float]:
-    """Median seconds of `run(bf16)` for fp32 and bf16, one warm-up each, then `n` calls each,
-    alternating; bf16 stops after its warm-up when that is GIVE_UP times fp32's."""
+    """Fastest seconds of `run(bf16)` for fp32 and bf16, one warm-up each, then `n` calls each,
+    alternating; bf16 stops after its warm-up when that is GIVE_UP times fp32's. The minimum,
+    not the median: another process on the same cores only ever adds time, so the fastest
+    call is the closest to what the run will see once it has the cores."""
     warm = {}
     for bf16 in (False, True):
         t = time.perf_counter()
@@ -90,7 +91,7 @@ def _race(run: Callable[[bool], None], n: int) -> dict[str, float]:
             t = time.perf_counter()
             run(bf16)
             times[bf16].append(time.perf_counter() - t)
-    return {"fp32": statistics.median(times[False]), "bf16": statistics.median(times[True])}
+    return {"fp32": min(times[False]), "bf16": min(times[True])}
 
 
 def probe(model: torch.nn.Module, batch: dict, inputs: torch.Tensor, puzzle_ids: torch.Tensor, samples: int,
@@ -126,7 +127,7 @@ def probe(model: torch.nn.Module, batch: dict, inputs: torch.Tensor, puzzle_ids:
 
 def probe_compile(model: torch.nn.Module, batch: dict, device: torch.device, step: Callable[..., object],
                   bf16: bool, compile_fn: Callable[[torch.nn.Module], object]) -> dict[str, float]:
-    """Median seconds of a training step on `batch` for an eager and a compiled copy of
+    """Fastest seconds of a training step on `batch` for an eager and a compiled copy of
     `model` (`compile_fn` compiles a copy in place), after two warm-up steps each (the first
     compiles the graphs with and without gradient), then PROBE_STEPS each, alternating. The
     model and every RNG stream of the run are left as they were."""
@@ -152,4 +153,4 @@ def probe_compile(model: torch.nn.Module, batch: dict, device: torch.device, ste
         for _ in range(PROBE_STEPS):
             for k in twins:
                 times[k].append(once(k))
-    return {k: statistics.median(v) for k, v in times.items()}
+    return {k: min(v) for k, v in times.items()}
