@@ -11,7 +11,7 @@ import torch
 
 from gram_bench.harness.config import TrainConfig, resolve
 from gram_bench.harness.ablation import variant_sets
-from gram_bench.harness.variants import VARIANTS, by_key
+from gram_bench.core.variants import VARIANTS, by_key
 from gram_bench.metrics.records import answer_ids, example_records, truncate
 from gram_bench.metrics.summary import summarize
 from gram_bench.models.gram import GRAM

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from gram_bench.harness.config import resolve
-from gram_bench.harness.errors import UsageError
+from gram_bench.core.errors import UsageError
 from gram_bench.harness.rundir import run_path
 from gram_bench.metrics.records import example_records
 from gram_bench.metrics.summary import summarize

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from gram_bench.harness.bench import matmul_flops, parse_compare
-from gram_bench.harness.errors import UsageError
+from gram_bench.core.errors import UsageError
 
 BENCH = ("bench", "--task", "nqueens", "--model", "trm", "--profile", "smoke", "--device", "cpu", "--steps", "2",
          "--sample-batch", "2")

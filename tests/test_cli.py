@@ -10,7 +10,7 @@ import torch
 import yaml
 
 from gram_bench.harness.config import load_config, resolve
-from gram_bench.harness.io import read_jsonl, read_jsonl_gz
+from gram_bench.core.io import read_jsonl, read_jsonl_gz
 from gram_bench.harness.build import build
 from gram_bench.metrics import summarize
 
@@ -226,7 +226,7 @@ def test_unfinished_run_needs_resume(cli, gram_run, copy_run, data_root):
 
 
 def test_debug_shows_the_exception(cli, tmp_path):
-    from gram_bench.harness.errors import UsageError
+    from gram_bench.core.errors import UsageError
 
     res = cli("--debug", *run_args(tmp_path, task="nqeens"))
     assert isinstance(res.exception, UsageError)

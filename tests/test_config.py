@@ -9,8 +9,9 @@ import yaml
 
 from gram_bench.harness.config import (PROFILES, EvalConfig, TrainConfig, load_config, load_profile, parse_set,
                                        resolve, save_config)
-from gram_bench.harness.errors import UsageError
-from gram_bench.harness.rundir import run_id
+from gram_bench.core.errors import UsageError
+from gram_bench.core.identity import identity_view
+from gram_bench.core.runs import run_id
 from gram_bench.models.gram import GRAM
 
 
@@ -62,6 +63,32 @@ def test_fingerprint_ignores_eval_and_logging_only():
     for change in ({"train.steps": 7}, {"train.lr": 0.002}, {"model.hidden": 64}, {"task.n": 10}, {"seed": 1}):
         assert run_id(resolve("nqueens", "gram", "smoke", change)) != run_id(base), change
     assert run_id(base) == f"smoke-seed0-{base.fingerprint()}" and len(base.fingerprint()) == 8
+
+
+@pytest.mark.parametrize("task,model,profile,sets,expected", [
+    ("nqueens", "gram", "smoke", {}, "smoke-seed0-f7993316"),
+    ("nqueens", "gram", "smoke", {"model.hidden": 64}, "smoke-seed0-a34e402a"),
+    ("graph-coloring", "mdlm", "smoke", {}, "smoke-seed0-abba2015"),
+    ("graph-coloring", "gram", "cpu", {"train.lr": 3e-4, "train.compile": False}, "cpu-seed0-67ba80fa"),
+    ("arc-agi-1", "trm", "cpu", {}, "cpu-seed0-e8151e56"),
+    ("arc-agi-1", "trm", "smoke", {"task.eval_variants": 2, "train.log_every": 3}, "smoke-seed0-4f41e219"),
+    ("sudoku-extreme", "gram", "cpu", {}, "cpu-seed0-99b7ab0e"),
+    ("mnist", "vae", "paper", {}, "paper-seed0-9f932dc1"),
+    ("mnist", "vae", "smoke", {"task.inception": "x.pt"}, "smoke-seed0-55bb8e29"),
+])
+def test_run_ids_are_stable(task, model, profile, sets, expected):
+    """Run ids name existing run directories: a change to how identity is computed must not
+    rename them (these ids were computed before identity moved to gram_bench.core)."""
+    assert run_id(resolve(task, model, profile, sets)) == expected
+
+
+def test_identity_view_reads_field_metadata():
+    cfg = resolve("mnist", "vae", "smoke")
+    view = identity_view(cfg.to_dict(), type(cfg.task))
+    assert "inception" not in view["task"] and "data_dir" not in view["task"] and view["task"]["name"] == "mnist"
+    assert "log_every" not in view["train"] and "eval" not in view and "overrides" not in view
+    arc = resolve("arc-agi-1", "trm", "smoke")
+    assert not {"eval_variants", "tie_break"} & set(identity_view(arc.to_dict(), type(arc.task))["task"])
 
 
 def test_parse_set_types():

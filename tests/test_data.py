@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from gram_bench.harness.errors import UsageError
+from gram_bench.core.errors import UsageError
 from gram_bench.tasks.nqueens import NQueens
 
 

@@ -11,7 +11,7 @@ import torch
 
 from gram_bench.harness import dist
 from gram_bench.harness.config import resolve
-from gram_bench.harness.errors import UsageError
+from gram_bench.core.errors import UsageError
 from gram_bench.harness.rundir import run_path
 
 from conftest import SMOKE

@@ -175,7 +175,7 @@ def test_csv_parses_back(board):
 
 
 def test_unknown_format(board):
-    from gram_bench.harness.errors import UsageError
+    from gram_bench.core.errors import UsageError
 
     with pytest.raises(UsageError, match="choose markdown or csv"):
         export(load_runs(board["root"]), "latex")

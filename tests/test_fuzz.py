@@ -24,8 +24,8 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from gram_bench.harness.config import PROFILES, parse_set
-from gram_bench.harness.errors import UsageError
-from gram_bench.harness.io import sha256_file
+from gram_bench.core.errors import UsageError
+from gram_bench.core.io import sha256_file
 from gram_bench.leaderboards import load_runs
 from gram_bench.leaderboards.export import export
 from gram_bench.leaderboards.tables import TABLES, build_table
@@ -241,7 +241,7 @@ def bad_argv(draw, rdir: str, evaldir: str) -> tuple[str, list[str]]:
                  "limit": ["--steps", "2", "--limit", str(draw(st.integers(max_value=-1)))]}[which]
         return kind, ["scale", evaldir, "--device", "cpu", "--data-dir", "{D}", *extra]
     if kind == "ablation":
-        from gram_bench.harness.variants import VARIANTS
+        from gram_bench.core.variants import VARIANTS
         keys = {v.key for v in VARIANTS}
         return kind, ["ablation", "--task", "nqueens", "--profile", "smoke", "--runs-dir", "{R}", "--data-dir", "{D}",
                       "--only", draw(WORD.filter(lambda w: w not in keys))]

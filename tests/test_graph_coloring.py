@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from gram_bench.harness.config import resolve
-from gram_bench.harness.errors import UsageError
+from gram_bench.core.errors import UsageError
 from gram_bench.tasks import TASKS
 from gram_bench.tasks.graph_coloring import COLOR0, GraphColoring, canonical_colorings, relabel
 from gram_bench.tasks.nqueens import NQueens

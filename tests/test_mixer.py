@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from gram_bench.harness.config import resolve
-from gram_bench.harness.errors import UsageError
+from gram_bench.core.errors import UsageError
 from gram_bench.models.gram import GRAM
 from gram_bench.models.hrm import HRM
 from gram_bench.models.layers import Attention, Block, MixerBlock, Stack, count_params, ffn_for

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from gram_bench.harness.config import resolve
-from gram_bench.harness.errors import UsageError
+from gram_bench.core.errors import UsageError
 from gram_bench.tasks.mnist import (BLACK, WHITE, Mnist, binarize, image_grid, pack, png_bytes, read_idx,
                                     read_mnist_csv, unpack)
 

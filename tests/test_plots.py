@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import yaml
 
-from gram_bench.harness.errors import UsageError
+from gram_bench.core.errors import UsageError
 from gram_bench.leaderboards.plots import PLOTS, curves_frame, plot, scaling_frame, solutions_frame
 from gram_bench.metrics import example_records, summarize
 

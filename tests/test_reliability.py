@@ -31,9 +31,10 @@ import gram_bench.harness.training as training
 from gram_bench.harness.build import build
 from gram_bench.harness.checkpoint import check_checkpoint, load_checkpoint
 from gram_bench.harness.config import load_config, parse_set, resolve
-from gram_bench.harness.errors import RunFailed, UsageError
-from gram_bench.harness.io import LockHeld, file_lock, read_jsonl, read_jsonl_gz
-from gram_bench.harness.rundir import LOCK_NAME, is_locked, read_status, run_path
+from gram_bench.core.errors import RunFailed, UsageError
+from gram_bench.core.io import LockHeld, file_lock, read_jsonl, read_jsonl_gz
+from gram_bench.core.runs import LOCK_NAME, is_locked
+from gram_bench.harness.rundir import read_status, run_path
 from gram_bench.leaderboards import load_runs
 from gram_bench.leaderboards.export import export
 from gram_bench.leaderboards.tables import build_table
@@ -443,7 +444,7 @@ def test_eval_of_a_run_being_written_is_refused(cli, gram_run, copy_run, data_ro
 
 
 def test_run_paths_cannot_leave_the_runs_directory():
-    from gram_bench.harness.rundir import safe_name
+    from gram_bench.core.runs import safe_name
 
     for bad in ("..", ".", "../x", "a/b", "/etc", "", ".hidden", "a\x00b", "a\nb", "x" * 201):
         with pytest.raises(UsageError, match="cannot be a file name"):

@@ -13,9 +13,9 @@ import gram_bench.harness.training as training
 from gram_bench.harness.build import build
 from gram_bench.harness.checkpoint import load_checkpoint
 from gram_bench.harness.config import load_config, resolve
-from gram_bench.harness.errors import UsageError
+from gram_bench.core.errors import UsageError
 from gram_bench.harness.evaluate import eval_name, eval_subset
-from gram_bench.harness.io import atomic_write_jsonl_gz, read_jsonl, read_jsonl_gz
+from gram_bench.core.io import atomic_write_jsonl_gz, read_jsonl, read_jsonl_gz
 from gram_bench.harness.rundir import read_status, run_path
 from gram_bench.tasks.nqueens import NQueens
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from gram_bench.harness.config import resolve
-from gram_bench.harness.errors import UsageError
+from gram_bench.core.errors import UsageError
 from gram_bench.metrics.summary import summarize
 from gram_bench.tasks import TASKS
 from gram_bench.tasks.sudoku import (BLANK, DIGIT0, HEADER, augment, augmentation_params, grid_string,

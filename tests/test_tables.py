@@ -369,7 +369,7 @@ def test_latex_rows_do_not_start_with_a_bracket(synthetic):
 
 
 def test_unknown_table_and_format(synthetic):
-    from gram_bench.harness.errors import UsageError
+    from gram_bench.core.errors import UsageError
 
     df = load_runs(synthetic["root"])
     with pytest.raises(UsageError, match="multi-solution"):

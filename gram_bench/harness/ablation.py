@@ -1,6 +1,6 @@
 """`gram-bench ablation`: run the missing runs of the ablation grid, then write its table.
 
-Each variant of `gram_bench.harness.variants.VARIANTS` is a model plus `--set` overrides.
+Each variant of `gram_bench.core.variants.VARIANTS` is a model plus `--set` overrides.
 Variants that change training are their own runs (finished ones are reused, as
 `gram-bench run` does); inference-only variants (TRM's stochastic decoder, random z0)
 evaluate the plain model's run again with `gram-bench eval --set`."""
@@ -15,7 +15,7 @@ from rich.markup import escape
 from gram_bench.harness.config import resolve
 from gram_bench.harness.rundir import read_status, run_path
 from gram_bench.harness.runner import evaluate_run, run
-from gram_bench.harness.variants import ABLATION_SAMPLES, VARIANTS, Variant
+from gram_bench.core.variants import ABLATION_SAMPLES, VARIANTS, Variant
 
 
 def variant_sets(v: Variant, task: str, profile: str) -> dict:

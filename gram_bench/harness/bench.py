@@ -32,7 +32,7 @@ from typing import Callable
 import torch
 
 from gram_bench.harness.device import autocast, pick_device
-from gram_bench.harness.errors import UsageError
+from gram_bench.core.errors import UsageError
 
 BENCH_SCHEMA = 1
 
@@ -297,7 +297,7 @@ def default_output(result: dict) -> Path:
 
 
 def write_result(result: dict, path: Path) -> Path:
-    from gram_bench.harness.io import atomic_write_json
+    from gram_bench.core.io import atomic_write_json
 
     atomic_write_json(path, result)
     return path

@@ -17,8 +17,8 @@ from rich.markup import escape
 from gram_bench.harness import dist
 from gram_bench.harness.config import RunConfig
 from gram_bench.harness.display import progress_bar
-from gram_bench.harness.errors import UsageError
-from gram_bench.harness.io import file_lock
+from gram_bench.core.errors import UsageError
+from gram_bench.core.io import file_lock
 from gram_bench.harness.precision import Precision, fixed, probe, probe_compile
 from gram_bench.harness.rundir import lock_owner
 from gram_bench.harness.training import train_step

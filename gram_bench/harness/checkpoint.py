@@ -16,8 +16,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gram_bench.harness.config import TRAIN_LOGGING, RunConfig, config_diff
-from gram_bench.harness.errors import UsageError
+from gram_bench.core.identity import identity_view
+from gram_bench.harness.config import RunConfig, config_diff
+from gram_bench.core.errors import UsageError
 
 
 CHECKPOINT_KEYS = ("step", "fingerprint", "config", "model", "optimizer", "sampler", "rng")
@@ -46,17 +47,6 @@ def load_checkpoint(path: Path) -> dict:
     return ck
 
 
-def identity_view(d: dict) -> dict:
-    """The parts of a saved config (`RunConfig.to_dict()`) that make a run what it is: task
-    data fields, model, training (less logging), seed, profile; not eval or overrides."""
-    if not isinstance(d, dict):
-        return {}
-    out = {k: d.get(k) for k in ("task", "model", "seed", "profile")}
-    out["task"] = {k: v for k, v in (d.get("task") or {}).items() if k not in ("data_dir", "eval_variants", "tie_break")}
-    out["train"] = {k: v for k, v in (d.get("train") or {}).items() if k not in TRAIN_LOGGING}
-    return out
-
-
 def check_checkpoint(ck: dict, cfg: RunConfig, path: Path, *, strict: bool = True, ignore: tuple[str, ...] = ()
                      ) -> None:
     """Refuse a checkpoint written for another config or model, naming what differs.
@@ -64,7 +54,8 @@ def check_checkpoint(ck: dict, cfg: RunConfig, path: Path, *, strict: bool = Tru
     configs have must agree, except `ignore` (e.g. inference-only `model.decode`)."""
     if strict and ck.get("fingerprint") == cfg.fingerprint():
         return
-    diff = [d for d in config_diff(identity_view(ck.get("config")), identity_view(cfg.to_dict()))
+    diff = [d for d in config_diff(identity_view(ck.get("config"), type(cfg.task)),
+                                    identity_view(cfg.to_dict(), type(cfg.task)))
             if d.split(":", 1)[0] not in ignore and (strict or "<unset>" not in d)]
     if not diff and not strict:
         return

@@ -19,7 +19,7 @@ from rich.markup import escape
 from rich.table import Table
 from typer.core import TyperGroup
 
-from gram_bench.harness.errors import GramBenchError, UsageError
+from gram_bench.core.errors import GramBenchError, UsageError
 
 try:  # typer >= 0.16 vendors click as typer._click
     from typer._click import exceptions as click_exceptions
@@ -361,7 +361,7 @@ def scale(run_dir: Path = typer.Argument(..., help="A run directory (runs/<task>
 
 
 def _write_or_print(text: str, out: Optional[Path]) -> None:
-    from gram_bench.harness.io import atomic_write_text
+    from gram_bench.core.io import atomic_write_text
 
     if out is None:
         print(text, end="")
@@ -488,7 +488,7 @@ def ablation(task: str = typer.Option("nqueens", "--task"),
     """Run the missing runs of the ablation grid (reusing finished ones), then write its table."""
     from gram_bench.harness.ablation import run_ablation
     from gram_bench.harness.config import resolve
-    from gram_bench.harness.variants import VARIANTS
+    from gram_bench.core.variants import VARIANTS
     from gram_bench.leaderboards.tables import build_table
     from gram_bench.tasks import TASKS
 

@@ -9,7 +9,6 @@ the same sections again), then task hints for model fields left as `null` (e.g. 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
 import types
@@ -21,8 +20,9 @@ from typing import Any
 
 import yaml
 
-from gram_bench.harness.errors import UsageError
-from gram_bench.harness.registry import closest
+from gram_bench.core.errors import UsageError
+from gram_bench.core.identity import fingerprint
+from gram_bench.core.registry import closest
 
 PROFILES = ("smoke", "cpu", "paper")
 
@@ -95,37 +95,11 @@ class RunConfig:
         """Hash of everything that changes training (not eval or logging settings). Only
         fields that differ from their dataclass defaults enter the hash, so adding a new
         knob (with a default) never renames existing runs."""
-        d = {
-            "task": {"name": self.task_name, **non_default(self.task)},
-            "model": {"name": self.model_name, **non_default(self.model)},
-            "train": {k: v for k, v in non_default(self.train).items() if k not in TRAIN_LOGGING},
-            "seed": self.seed,
-            "profile": self.profile,
-        }
-        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:8]
+        return fingerprint(self.task_name, self.task, self.model_name, self.model, self.train, self.seed, self.profile)
 
 
-# train fields that do not enter a run's identity (its fingerprint, and the tables' override
-# matching): logging, checkpointing, threads, compilation, time limits, and the non-finite
-# policy (so that `--resume --set train.nonfinite=skip` continues a run that stopped on a NaN)
-TRAIN_LOGGING = ("log_every", "eval_every", "eval_examples", "eval_samples", "checkpoint_every", "threads",
-                 "max_minutes", "nonfinite", "compile")
 MAX_SEED = 2 ** 32 - 1
 _INT64 = 2 ** 63
-
-
-def non_default(obj: Any) -> dict:
-    """The fields of a dataclass instance whose values differ from their defaults."""
-    out = {}
-    for f in dataclasses.fields(obj):
-        if not f.metadata.get("identity", True):  # e.g. where a data file lies: not part of a run's identity
-            continue
-        default = f.default if f.default is not dataclasses.MISSING else (
-            f.default_factory() if f.default_factory is not dataclasses.MISSING else dataclasses.MISSING)
-        value = getattr(obj, f.name)
-        if value != default:
-            out[f.name] = value
-    return out
 
 
 # ----------------------------------------------------------------------------- typing helpers
@@ -371,7 +345,7 @@ def config_from_dict(d: dict) -> RunConfig:
 
 
 def save_config(cfg: RunConfig, path: Path) -> None:
-    from gram_bench.harness.io import atomic_write_text
+    from gram_bench.core.io import atomic_write_text
 
     atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 

@@ -6,7 +6,7 @@ import contextlib
 
 import torch
 
-from gram_bench.harness.errors import UsageError
+from gram_bench.core.errors import UsageError
 
 
 def pick_device(name: str = "auto") -> torch.device:

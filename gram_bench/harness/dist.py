@@ -70,7 +70,7 @@ def local_batch(global_batch: int) -> int:
     """The rows of a global batch this rank trains on; the global batch must split evenly."""
     w = world_size()
     if global_batch % w:
-        from gram_bench.harness.errors import UsageError
+        from gram_bench.core.errors import UsageError
 
         raise UsageError(f"train.batch_size={global_batch} does not split evenly across {w} processes; "
                          f"use a multiple of {w}.")

@@ -10,8 +10,9 @@ import numpy as np
 import torch
 
 from gram_bench.harness.device import autocast
-from gram_bench.harness.io import atomic_write_json, atomic_write_jsonl_gz
-from gram_bench.harness.rundir import SCHEMA_VERSION, safe_name
+from gram_bench.core.io import atomic_write_json, atomic_write_jsonl_gz
+from gram_bench.core.runs import safe_name
+from gram_bench.harness.rundir import SCHEMA_VERSION
 from gram_bench.metrics import example_records, summarize
 from gram_bench.metrics.stats import CI_METHOD
 

@@ -14,8 +14,9 @@ from pathlib import Path
 from rich.console import Console
 from rich.markup import escape
 
-from gram_bench.harness.errors import UsageError
-from gram_bench.harness.rundir import LOCK_NAME, in_use_message, is_locked, read_status
+from gram_bench.core.errors import UsageError
+from gram_bench.core.runs import LOCK_NAME, is_locked
+from gram_bench.harness.rundir import in_use_message, read_status
 
 
 class Terminated(KeyboardInterrupt):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
-import re
 import socket
 import subprocess
 import time
@@ -16,26 +15,11 @@ import torch
 
 import gram_bench
 from gram_bench.harness.config import RunConfig
-from gram_bench.harness.errors import UsageError
-from gram_bench.harness.io import LockHeld, atomic_write_json, atomic_write_text, file_lock, is_file_locked
+from gram_bench.core.errors import UsageError
+from gram_bench.core.io import LockHeld, atomic_write_json, atomic_write_text, file_lock
+from gram_bench.core.runs import LOCK_NAME, run_id, safe_name
 
 SCHEMA_VERSION = 2  # 2: records carry answer_ids; summaries carry flops_per_answer
-LOCK_NAME = ".lock"  # in the run directory; held (flock) by the process writing into it
-_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+=-]{0,199}")
-
-
-def safe_name(name: str, what: str = "name") -> str:
-    """`name` if it can be one path component under the runs directory: letters, digits and
-    `._+=-`, not starting with a dot, at most 200 characters; else UsageError. Every directory
-    or file name built from a config (task, model, run id, eval name) goes through it, so no
-    value can reach outside the runs directory (`..`, `/`, absolute paths)."""
-    if not isinstance(name, str) or not _SAFE_NAME.fullmatch(name):
-        raise UsageError(f"The {what} {name!r} cannot be a file name: use letters, digits and ._+=- only.")
-    return name
-
-
-def run_id(cfg: RunConfig) -> str:
-    return safe_name(f"{cfg.profile}-seed{cfg.seed}-{cfg.fingerprint()}", "run id")
 
 
 def run_path(runs_dir: Path, cfg: RunConfig) -> Path:
@@ -65,11 +49,6 @@ def run_lock(run_dir: Path) -> Iterator[None]:
             yield
     except LockHeld as e:
         raise UsageError(in_use_message(run_dir, e.owner)) from None
-
-
-def is_locked(run_dir: Path) -> bool:
-    """Is a live process writing into `run_dir` (holding its lock)?"""
-    return is_file_locked(Path(run_dir) / LOCK_NAME)
 
 
 def in_use_message(run_dir: Path, owner: str | None = None) -> str:

@@ -23,13 +23,13 @@ from gram_bench.harness.checkpoint import check_checkpoint, load_checkpoint, loa
 from gram_bench.harness.config import RunConfig, save_config
 from gram_bench.harness.device import pick_device
 from gram_bench.harness.display import print_summary, progress_bar
-from gram_bench.harness.errors import RunFailed, UsageError
+from gram_bench.core.errors import RunFailed, UsageError
 from gram_bench.harness.evaluate import eval_name, evaluate, write_eval
-from gram_bench.harness.io import remove_stale_temp
+from gram_bench.core.io import remove_stale_temp
 from gram_bench.harness.lifecycle import Terminated, clear_run_dir, refuse_or_skip, sigterm_as_exception
 from gram_bench.harness.precision import Precision, fixed
-from gram_bench.harness.rundir import (env_record, in_use_message, is_locked, read_status, run_lock, run_path,
-                                       safe_name, write_env, write_status)
+from gram_bench.core.runs import is_locked, safe_name
+from gram_bench.harness.rundir import env_record, in_use_message, read_status, run_lock, run_path, write_env, write_status
 from gram_bench.harness.training import train
 from gram_bench.models import MODELS
 

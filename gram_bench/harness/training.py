@@ -27,9 +27,9 @@ from gram_bench.harness.checkpoint import (check_checkpoint, load_checkpoint, lo
 from gram_bench.harness.config import RunConfig
 from gram_bench.harness.device import autocast
 from gram_bench.harness.display import progress_bar, train_stats
-from gram_bench.harness.errors import RunFailed, UsageError
+from gram_bench.core.errors import RunFailed, UsageError
 from gram_bench.harness.evaluate import evaluate
-from gram_bench.harness.io import append_jsonl, atomic_torch_save, atomic_write_text, read_jsonl
+from gram_bench.core.io import append_jsonl, atomic_torch_save, atomic_write_text, read_jsonl
 from gram_bench.harness.precision import Precision
 
 

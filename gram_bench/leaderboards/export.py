@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from gram_bench.harness.errors import UsageError
+from gram_bench.core.errors import UsageError
 from gram_bench.metrics.stats import CI_METHOD, seed_interval
 from gram_bench.metrics.summary import is_fraction
 

@@ -17,7 +17,8 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from gram_bench.harness.config import TRAIN_LOGGING
+from gram_bench.core.identity import TRAIN_LOGGING
+from gram_bench.core.runs import is_locked
 
 try:  # libyaml is ~10x faster; PyYAML wheels ship it
     from yaml import CSafeLoader as _Loader
@@ -93,8 +94,6 @@ def load_runs(runs_dir: str | Path = "runs", include_unfinished: bool = False) -
     a torn or edited file) skip that file, never the whole load. What was left out is in
     `df.attrs`: `incomplete` [(run dir, status)] (a `running` run whose process is gone says
     so) and `unreadable` [(path, reason)]."""
-    from gram_bench.harness.rundir import is_locked
-
     rows = []
     incomplete: list[tuple[str, str]] = []
     unreadable: list[tuple[str, str]] = []

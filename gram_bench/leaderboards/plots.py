@@ -17,8 +17,8 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from gram_bench.harness.errors import UsageError
-from gram_bench.harness.io import atomic_write_bytes
+from gram_bench.core.errors import UsageError
+from gram_bench.core.io import atomic_write_bytes
 from gram_bench.metrics.records import truncate
 from gram_bench.metrics.summary import summarize
 

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from gram_bench.harness.errors import UsageError
-from gram_bench.harness.variants import ABLATION_METRIC, ABLATION_SAMPLES, VARIANTS
+from gram_bench.core.errors import UsageError
+from gram_bench.core.variants import ABLATION_METRIC, ABLATION_SAMPLES, VARIANTS
 from gram_bench.leaderboards import paper
 from gram_bench.metrics.records import truncate
 from gram_bench.metrics.stats import CI_METHOD, seed_interval
@@ -436,7 +436,7 @@ TABLES = {"multi-solution": multi_solution, "structured": structured, "mnist": m
 
 def build_table(name: str, df: pd.DataFrame, **kw) -> Table:
     if name not in TABLES:
-        from gram_bench.harness.registry import unknown_name_message
+        from gram_bench.core.registry import unknown_name_message
 
         raise UsageError(unknown_name_message("table", name, list(TABLES)))
     return TABLES[name](df, **kw)

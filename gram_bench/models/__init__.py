@@ -1,6 +1,6 @@
 """Models: shared layers and one module per model family. Registered by name in MODELS."""
 
-from gram_bench.harness.registry import Registry
+from gram_bench.core.registry import Registry
 
 MODELS: Registry = Registry("model")
 

@@ -1,6 +1,6 @@
 """Tasks: data build/load, token layout, verifiers. Registered by name in TASKS."""
 
-from gram_bench.harness.registry import Registry
+from gram_bench.core.registry import Registry
 
 TASKS: Registry = Registry("task")
 

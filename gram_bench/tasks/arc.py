@@ -46,7 +46,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from gram_bench.harness.errors import UsageError
+from gram_bench.core.errors import UsageError
+from gram_bench.core.io import atomic_write_json
 from gram_bench.metrics.stats import bootstrap_ci, mean_stat
 from gram_bench.tasks import TASKS
 from gram_bench.tasks.base import EvalSet, Layout, Task, TrainSet
@@ -510,7 +511,6 @@ class ArcTask(Task):
     def write_artifacts(self, eval_dir: Path, name: str, records: list[dict]) -> list[Path]:
         """eval/<name>.submission.json: {task id: [{"attempt_1": grid, "attempt_2": grid}, ...]}
         per test input in order (ARC Prize format; [[0]] where there is no candidate)."""
-        from gram_bench.harness.io import atomic_write_json
 
         if not records:
             return []

@@ -21,17 +21,12 @@ from typing import Any, Callable, ClassVar
 import numpy as np
 import torch
 
-from gram_bench.harness.errors import UsageError
-from gram_bench.harness.io import atomic_write_json, sha256_file
+from gram_bench.core.errors import UsageError
+from gram_bench.core.identity import identity, identity_of_dict
+from gram_bench.core.io import atomic_write_json, sha256_file
 
 MANIFEST_VERSION = 1
 _NPY_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*\.npy")  # a file in the dataset directory, nowhere else
-
-
-def identity(cfg: Any) -> dict:
-    """A task config as a dict without the fields marked `metadata={"identity": False}` (where
-    the data lies is not what the data is; the manifest holds the files' hashes instead)."""
-    return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.metadata.get("identity", True)}
 
 
 def check_source_fields(cfg: Any, read_by: dict[str, str]) -> None:
@@ -42,13 +37,6 @@ def check_source_fields(cfg: Any, read_by: dict[str, str]) -> None:
         if getattr(cfg, name) != f.default and cfg.source != source:
             raise ValueError(f"task.{name} is read only by task.source={source}, but task.source={cfg.source}; "
                              f"pass --set task.source={source} too, or drop task.{name}")
-
-
-def identity_of_dict(cls: type, d: Any) -> Any:
-    if not isinstance(d, dict):
-        return d
-    keep = {f.name for f in dataclasses.fields(cls) if f.metadata.get("identity", True)}
-    return {k: v for k, v in d.items() if k in keep}
 
 
 @dataclass(frozen=True)

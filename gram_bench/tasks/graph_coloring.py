@@ -25,7 +25,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from gram_bench.harness.errors import UsageError
+from gram_bench.core.errors import UsageError
 from gram_bench.tasks import TASKS
 from gram_bench.tasks.base import EvalSet, Layout, Task, TrainSet
 

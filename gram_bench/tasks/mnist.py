@@ -39,7 +39,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from gram_bench.harness.errors import UsageError
+from gram_bench.core.errors import UsageError
+from gram_bench.core.io import atomic_write_bytes
 from gram_bench.tasks import TASKS
 from gram_bench.tasks.base import EvalSet, Layout, Task, TrainSet, check_source_fields
 
@@ -354,7 +355,6 @@ class Mnist(Task):
         """`<name>.samples.png`: the first 64 samples (8 x 8 grid, one row per input when N >= 8)."""
         if not records or "packed" not in records[0]:
             return []
-        from gram_bench.harness.io import atomic_write_bytes
 
         imgs = np.concatenate([unpack(np.asarray(r["packed"], dtype=np.uint8)) for r in records])[:64]
         grid = image_grid(imgs.reshape(-1, SIDE, SIDE), cols=8)

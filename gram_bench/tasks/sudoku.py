@@ -42,7 +42,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from gram_bench.harness.errors import UsageError
+from gram_bench.core.errors import UsageError
+from gram_bench.core.io import sha256_file
 from gram_bench.tasks import TASKS
 from gram_bench.tasks.base import EvalSet, Layout, Task, TrainSet, check_source_fields
 
@@ -420,7 +421,6 @@ class SudokuExtreme(SudokuTask):
             n_train_rows, n_test_rows = count_data_rows(d / "train.csv"), count_data_rows(d / "test.csv")
             train = pick_rows(d / "train.csv", n_train_rows, c.train_puzzles, c.seed, c.bad_rows, progress)
             test = pick_rows(d / "test.csv", n_test_rows, c.test_limit, c.seed + 1, c.bad_rows, progress)
-            from gram_bench.harness.io import sha256_file
 
             counts = {"source": "csv", "csv_dir": str(d.resolve()), "train_file_rows": n_train_rows,
                       "test_file_rows": n_test_rows, "train_sha256": sha256_file(d / "train.csv"),
@@ -533,7 +533,6 @@ class SudokuUncond(SudokuTask):
             n_rows = count_data_rows(d / "train.csv")
             picked = pick_rows(d / "train.csv", n_rows, c.train_boards, c.seed, c.bad_rows, progress)
             grids, rows = picked.answers, picked.rows
-            from gram_bench.harness.io import sha256_file
 
             counts = {"source": "csv", "csv_dir": str(d.resolve()), "train_sha256": sha256_file(d / "train.csv"),
                       "skipped_rows": len(picked.bad)}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import difflib
 from typing import Callable, Generic, Iterator, TypeVar
 
-from gram_bench.harness.errors import UsageError
+from gram_bench.core.errors import UsageError
 
 T = TypeVar("T")
 
