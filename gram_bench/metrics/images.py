@@ -93,6 +93,48 @@ def mean_pairwise_hamming(bits: np.ndarray, max_images: int = 2000) -> float:
     return float(d.sum() / (m * (m - 1)))
 
 
+# ----------------------------------------------------------------------------- over eval records
+
+FeatureFn = Callable[[np.ndarray], np.ndarray]  # images [M, P] in [0, 1] -> features [M, F]
+
+
+def image_set_metrics(records: list[dict], images: list[np.ndarray],
+                      classify: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]],
+                      reference: tuple[np.ndarray, np.ndarray], net: str = "mnistnet",
+                      other_fids: dict[str, tuple[FeatureFn, np.ndarray, np.ndarray]] | None = None,
+                      hash_field: str = "board_hash") -> dict[str, dict]:
+    """Metrics of the whole sample set of an eval: `is_<net>` and `fid_<net>` from
+    `classify(images) -> (class probabilities, features)` against `reference` (mean, cov of
+    the real images' features), `fid_<name>` for each of `other_fids` {name: (features,
+    mean, cov)}, `distinct_images` (distinct `hash_field` values) and `hamming_mean`.
+    `images` holds each record's samples [N, P]; IS/FID intervals resample whole records."""
+    sizes = [len(g) for g in images]
+    bits = np.concatenate(images)
+    probs, feats = classify(bits.astype(np.float32))
+    bounds = np.cumsum([0] + sizes)
+    idx = [np.arange(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
+    n = len(records)
+
+    def metric(vlh):
+        return {"value": vlh[0], "ci_low": vlh[1], "ci_high": vlh[2], "n": n, "ci_method": IMAGE_CI_METHOD}
+
+    mu, cov = reference
+    out = {
+        f"is_{net}": metric(grouped_bootstrap(idx, lambda i: inception_score(probs[i]))),
+        f"fid_{net}": metric(grouped_bootstrap(idx, lambda i: fid(feats[i], mu, cov))),
+    }
+    distinct = len(np.unique(np.concatenate([np.asarray(r[hash_field], dtype=np.int64) for r in records])))
+    out["distinct_images"] = {"value": float(distinct), "ci_low": float(distinct), "ci_high": float(distinct),
+                              "n": n, "of": int(len(bits))}
+    ham = mean_pairwise_hamming(bits)
+    out["hamming_mean"] = {"value": ham, "ci_low": ham, "ci_high": ham, "n": n,
+                           "pairs_of_first": int(min(len(bits), 2000))}
+    for name, (features, omu, ocov) in (other_fids or {}).items():
+        f_other = features(bits.astype(np.float32))
+        out[f"fid_{name}"] = metric(grouped_bootstrap(idx, lambda i: fid(f_other[i], omu, ocov)))
+    return out
+
+
 # ----------------------------------------------------------------------------- the feature network
 
 

@@ -48,7 +48,7 @@ import torch
 
 from gram_bench.core.errors import UsageError
 from gram_bench.core.io import atomic_write_json
-from gram_bench.metrics.stats import bootstrap_ci, mean_stat
+from gram_bench.metrics.passk import PASS_KS, Candidate, pass_at_k, rank_candidates
 from gram_bench.tasks import TASKS
 from gram_bench.tasks.base import EvalSet, Layout, Task, TrainSet
 
@@ -57,7 +57,6 @@ SIDE = 30
 VOCAB = 12
 NO_GRID = 10  # fill value of the stored grid arrays outside a grid
 DATA_FILES = {"arc-agi-1": "arcagi_aa922be.json", "arc-agi-2": "arcagi2_f3283f7.json"}
-PASS_KS = (1, 2, 5, 10, 100, 1000)
 
 
 # ----------------------------------------------------------------------------- data files
@@ -467,46 +466,18 @@ class ArcTask(Task):
         return {"valid": torch.from_numpy(valid).to(dev), "no_answer": torch.from_numpy(none).to(dev),
                 "grid_hash": torch.from_numpy(hashes).to(dev)}
 
-    def ranked_candidates(self, records: list[dict]) -> dict[int, list[tuple[int, int, float, bool]]]:
+    def ranked_candidates(self, records: list[dict]) -> dict[int, list[Candidate]]:
         """{test pair: [(grid hash, votes, mean tie-break score, correct), ...] best first} over
         every variant and sample of that test input."""
         rows = self.eval_rows()
-        stats: dict[int, dict[int, list]] = {}
-        for rec in records:
-            p = int(rows[int(rec["id"])][0])
-            score = rec.get("scores", {}).get(self.cfg.tie_break) or rec.get("scores", {}).get("halt")
-            for s, h in enumerate(rec["grid_hash"]):
-                if h == 0:
-                    continue
-                st = stats.setdefault(p, {}).setdefault(int(h), [0, 0.0, False])
-                st[0] += 1
-                st[1] += float(score[s]) if score is not None else 0.0
-                st[2] = st[2] or bool(rec["valid"][s])
-        out = {}
-        for p in {int(rows[int(r["id"])][0]) for r in records}:
-            cands = [(h, n, tot / n, ok) for h, (n, tot, ok) in stats.get(p, {}).items()]
-            out[p] = sorted(cands, key=lambda c: (-c[1], -c[2], c[0]))
-        return out
+        return rank_candidates(records, lambda rec: int(rows[int(rec["id"])][0]), self.cfg.tie_break)
 
     def extra_metrics(self, records: list[dict]) -> dict[str, dict]:
-        """pass@k per test input, averaged per task then over tasks (TRM), and pass@k_task: the
-        fraction of tasks whose every test input passes (HRM); 95% bootstrap CIs over tasks."""
+        """pass@k and pass@k_task (`metrics.passk`) over the test inputs, grouped by ARC task."""
         if not records:
             return {}
-        a = self.arrays()
-        ranked = self.ranked_candidates(records)
-        per_task: dict[int, list[list[bool]]] = {}
-        for p, cands in sorted(ranked.items()):
-            hits = [any(c[3] for c in cands[:k]) for k in PASS_KS]
-            per_task.setdefault(int(a["pairs"][p, 0]), []).append(hits)
-        out = {}
-        for j, k in enumerate(PASS_KS):
-            frac = np.array([np.mean([h[j] for h in hs]) for hs in per_task.values()])
-            full = np.array([float(all(h[j] for h in hs)) for hs in per_task.values()])
-            for name, arr in ((f"pass@{k}", frac), (f"pass@{k}_task", full)):
-                v, lo, hi = bootstrap_ci([arr], mean_stat)
-                out[name] = {"value": v, "ci_low": lo, "ci_high": hi, "n": len(arr)}
-        return out
+        pairs = self.arrays()["pairs"]
+        return pass_at_k(self.ranked_candidates(records), lambda p: int(pairs[p, 0]), PASS_KS)
 
     def write_artifacts(self, eval_dir: Path, name: str, records: list[dict]) -> list[Path]:
         """eval/<name>.submission.json: {task id: [{"attempt_1": grid, "attempt_2": grid}, ...]}

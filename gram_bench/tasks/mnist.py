@@ -310,46 +310,24 @@ class Mnist(Task):
         return self._ref
 
     def extra_metrics(self, records: list[dict]) -> dict[str, dict]:
-        """IS and FID with the mnistnet features (and Inception, when given), distinct images and
-        the mean pairwise Hamming distance, over every sample of every record."""
-        from gram_bench.metrics.images import (IMAGE_CI_METHOD, fid, gaussian_stats, grouped_bootstrap,
-                                               inception_features, inception_score, mean_pairwise_hamming,
-                                               mnistnet_outputs)
+        """`metrics.images.image_set_metrics` over every sample of every record: IS and FID with
+        the mnistnet features (and Inception, when given), distinct images, mean pairwise
+        Hamming distance."""
+        from gram_bench.metrics.images import gaussian_stats, image_set_metrics, inception_features, mnistnet_outputs
 
         if not records or "packed" not in records[0]:
             return {}
-        groups = [unpack(np.asarray(r["packed"], dtype=np.uint8)) for r in records]  # [N, 784] each
-        sizes = [len(g) for g in groups]
-        bits = np.concatenate(groups)
         net, mu, cov = self._reference()
-        probs, feats = mnistnet_outputs(net, bits.astype(np.float32))
-        bounds = np.cumsum([0] + sizes)
-        idx = [np.arange(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
-        n = len(records)
-
-        def metric(vlh):
-            return {"value": vlh[0], "ci_low": vlh[1], "ci_high": vlh[2], "n": n, "ci_method": IMAGE_CI_METHOD}
-
-        out = {
-            "is_mnistnet": metric(grouped_bootstrap(idx, lambda i: inception_score(probs[i]))),
-            "fid_mnistnet": metric(grouped_bootstrap(idx, lambda i: fid(feats[i], mu, cov))),
-        }
-        distinct = len(np.unique(np.concatenate([np.asarray(r["board_hash"], dtype=np.int64) for r in records])))
-        out["distinct_images"] = {"value": float(distinct), "ci_low": float(distinct), "ci_high": float(distinct),
-                                  "n": n, "of": int(len(bits))}
-        ham = mean_pairwise_hamming(bits)
-        out["hamming_mean"] = {"value": ham, "ci_low": ham, "ci_high": ham, "n": n,
-                               "pairs_of_first": int(min(len(bits), 2000))}
+        other = {}
         path = self.cfg.inception or os.environ.get(ENV_INCEPTION, "")
         if path:
             if not Path(path).is_file():
                 raise UsageError(f"Inception file {path} does not exist; give a TorchScript file with task.inception "
                                  f"or {ENV_INCEPTION}.")
             ref_inc = inception_features(path, self.arrays()["heldout_images"] / 255.0)
-            imu, icov = gaussian_stats(ref_inc)
-            f_inc = inception_features(path, bits.astype(np.float32))
-            out["fid_inception"] = metric(grouped_bootstrap(idx, lambda i: fid(f_inc[i], imu, icov)))
-        return out
+            other["inception"] = (lambda x: inception_features(path, x), *gaussian_stats(ref_inc))
+        images = [unpack(np.asarray(r["packed"], dtype=np.uint8)) for r in records]  # [N, 784] each
+        return image_set_metrics(records, images, lambda x: mnistnet_outputs(net, x), (mu, cov), "mnistnet", other)
 
     def write_artifacts(self, eval_dir: Path, name: str, records: list[dict]) -> list[Path]:
         """`<name>.samples.png`: the first 64 samples (8 x 8 grid, one row per input when N >= 8)."""
