@@ -192,11 +192,10 @@ def _task(task: str, sets: Optional[List[str]], data_dir: Optional[Path]):
             raise UsageError(f"'data' commands take only task.* settings, got '{k}'.")
         values[k[5:]] = v
     cfg = build_dataclass(cls.Config, values, "task.")
-    if hasattr(cfg, "check"):
-        try:
-            cfg.check()
-        except ValueError as e:
-            raise UsageError(f"{e} (a task setting).") from None
+    try:
+        cfg.check()
+    except ValueError as e:
+        raise UsageError(f"{e} (a task setting).") from None
     return cls(cfg, default_data_dir(data_dir))
 
 

@@ -297,18 +297,16 @@ def validate(cfg: RunConfig) -> None:
         if not ok:
             raise UsageError(msg + ".")
     for obj, prefix in ((cfg.task, "task."), (cfg.model, "model.")):
-        check = getattr(obj, "check", None)
-        if check is not None:
-            try:
-                check()
-            except ValueError as err:
-                raise UsageError(f"{err}".rstrip(".") + f" (a {prefix[:-1]} setting).") from None
-            except (ArithmeticError, TypeError) as err:  # a check that trips over a value it did not expect
-                zeros = [prefix + f.name for f in dataclasses.fields(obj) if getattr(obj, f.name) == 0
-                         and not isinstance(getattr(obj, f.name), bool)]
-                hint = f"; these are 0: {', '.join(zeros)}" if zeros else ""
-                raise UsageError(f"The {prefix[:-1]} settings are invalid ({type(err).__name__}: {err}){hint}.") \
-                    from None
+        try:
+            obj.check()
+        except ValueError as err:
+            raise UsageError(f"{err}".rstrip(".") + f" (a {prefix[:-1]} setting).") from None
+        except (ArithmeticError, TypeError) as err:  # a check that trips over a value it did not expect
+            zeros = [prefix + f.name for f in dataclasses.fields(obj) if getattr(obj, f.name) == 0
+                     and not isinstance(getattr(obj, f.name), bool)]
+            hint = f"; these are 0: {', '.join(zeros)}" if zeros else ""
+            raise UsageError(f"The {prefix[:-1]} settings are invalid ({type(err).__name__}: {err}){hint}.") \
+                from None
 
 
 def config_from_dict(d: dict) -> RunConfig:

@@ -183,7 +183,7 @@ def evaluate_run(run_dir: Path, widths: list[int], depths: list[int], *, select:
     cfg = load_config(run_dir / "config.yaml")
     sets = dict(sets or {})
     if sets:
-        allowed = getattr(MODELS.get(cfg.model_name).Config, "inference_fields", ())
+        allowed = MODELS.get(cfg.model_name).Config.inference_fields
         bad = [k for k in sets if not (k.startswith("model.") and k[6:] in allowed)]
         if bad:
             fields = ", ".join("model." + f for f in allowed) or "none for this model"

@@ -65,12 +65,13 @@ class EpochSampler:
 
 class EMA:
     """Exponential moving average of parameters, with the warm-up-corrected decay
-    min(decay, (1 + t) / (10 + t)). State keys that start or end with one of the model's
-    `ema_exclude` entries (e.g. a sparse puzzle table) have no shadow: `applied` keeps them live."""
+    min(decay, (1 + t) / (10 + t)). State keys that start or end with one of the `exclude`
+    entries (`Model.ema_exclude`, e.g. a sparse puzzle table) have no shadow: `applied` keeps
+    them live."""
 
-    def __init__(self, model: torch.nn.Module, decay: float):
+    def __init__(self, model: torch.nn.Module, decay: float, exclude: tuple[str, ...] = ()):
         self.decay = decay
-        skip = tuple(getattr(model, "ema_exclude", ()))
+        skip = tuple(exclude)
         self.shadow = {k: v.detach().float().clone() for k, v in model.state_dict().items()
                        if v.dtype.is_floating_point and not (k.startswith(skip) or k.endswith(skip))}
 
@@ -162,7 +163,7 @@ def train(cfg: RunConfig, task, model, rdir: Path, device: torch.device, prec: P
     data = task.train_set().to(device)
     sampler = EpochSampler(len(data), cfg.seed)
     opt = make_optimizer(model, tc, device)
-    ema = EMA(model, tc.ema) if tc.ema > 0 else None
+    ema = EMA(model, tc.ema, model.ema_exclude) if tc.ema > 0 else None
     ddp = dist.wrap_ddp(model, device)  # None in a single process
     main, world = dist.is_main(), dist.world_size()
     step, carry, elapsed_before = 0, None, 0.0

@@ -5,4 +5,4 @@ from gram_bench.core.registry import Registry
 MODELS: Registry = Registry("model")
 
 from gram_bench.models import ar, diffusion, gram, hrm, looped, trm, vae  # noqa: E402,F401  (registers)
-from gram_bench.models.base import Model, SampleOutput  # noqa: E402,F401
+from gram_bench.models.base import Model, ModelConfig, SampleOutput  # noqa: E402,F401

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from gram_bench.models import MODELS
-from gram_bench.models.base import Model, SampleOutput, check_choices
+from gram_bench.models.base import Model, ModelConfig, SampleOutput, check_choices
 from gram_bench.models.layers import InputEmbedding, Linear, Stack
 
 
@@ -31,7 +31,7 @@ class AR(Model):
     stochastic = True
 
     @dataclass(frozen=True)
-    class Config:
+    class Config(ModelConfig):
         hidden: int = 512
         heads: int = 8
         ffn_hidden: int = 1536

@@ -8,6 +8,7 @@ A model consumes batches `{"inputs" [B, in_len], "targets" [B, out_len], "puzzle
 
 from __future__ import annotations
 
+import abc
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -27,9 +28,22 @@ class SampleOutput:
     scores: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> [B, N] float
 
 
-class Model(nn.Module):
+class ModelConfig:
+    """Base of every model's frozen `Config` dataclass (the fields are the subclass's)."""
+
+    inference_fields: ClassVar[tuple[str, ...]] = ()  # fields `gram-bench eval --set` may change
+
+    def check(self) -> None:
+        """Raise ValueError naming a bad value or combination of values; called whenever a
+        config is resolved. Accepts everything by default."""
+
+
+class Model(nn.Module, abc.ABC):
+    """Base class. Subclasses set `name` and `Config` (a frozen dataclass subclassing
+    `ModelConfig`) and implement `loss` and `sample`; every other hook has a default."""
+
     name: ClassVar[str]
-    Config: ClassVar[type]
+    Config: ClassVar[type[ModelConfig]]
     stochastic: ClassVar[bool] = False  # do samples of one input differ?
     ema_exclude: ClassVar[tuple[str, ...]] = ()  # state_dict key prefixes/suffixes the EMA leaves out
     supports_image: ClassVar[bool] = False  # can it read and write image layouts (`Layout.image`)?
@@ -40,17 +54,21 @@ class Model(nn.Module):
         self.cfg, self.layout = cfg, layout
 
     def initial_carry(self, batch: dict, device: torch.device) -> Carry:
+        """The state `loss` carries from one optimizer step to the next; none by default."""
         return {}
 
+    @abc.abstractmethod
     def loss(self, batch: dict, carry: Carry) -> tuple[torch.Tensor, dict[str, torch.Tensor], Carry]:
-        raise NotImplementedError
+        """One optimizer step's loss, the values to log, and the next carry."""
 
+    @abc.abstractmethod
     def sample(self, inputs: torch.Tensor, puzzle_ids: torch.Tensor, n_samples: int,
                steps: int | None = None) -> SampleOutput:
-        raise NotImplementedError
+        """`n_samples` answers per input [B, N, out_len] and per-sample scores [B, N]."""
 
     @property
     def default_steps(self) -> int:
+        """Inference steps when the eval gives none (`eval.steps=0`)."""
         return 1
 
     def calls_per_answer(self, steps: int) -> int:
@@ -59,6 +77,7 @@ class Model(nn.Module):
         return steps
 
     def num_params(self) -> int:
+        """Parameter count reported in the summary and the leaderboard."""
         return count_params(self)
 
     def compile_targets(self) -> list[nn.Module]:
@@ -116,17 +135,18 @@ class RecursiveModel(Model):
             nn.init.zeros_(self.v_head[2].weight)
 
     # ---- to implement
+    @abc.abstractmethod
     def init_state(self, batch_size: int, device: torch.device) -> tuple[torch.Tensor, ...]:
-        raise NotImplementedError
+        """The fixed initial state z0 for `batch_size` rows."""
 
+    @abc.abstractmethod
     def segment(self, state: tuple, e_x: torch.Tensor, y: torch.Tensor | None) -> tuple[tuple, dict]:
         """One supervision step. `y` [B, out_len] is the target in training, None at inference.
         Returns the new state and extras (e.g. per-example `kl` [B])."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def readout(self, state: tuple) -> torch.Tensor:
         """The hidden sequence the decoder reads, [B, S, D]."""
-        raise NotImplementedError
 
     def extra_loss(self, extras: dict) -> tuple[torch.Tensor, dict]:
         """Per-example extra loss terms [B] added to the CE (e.g. beta * KL)."""
@@ -304,7 +324,7 @@ class RecursiveModel(Model):
 
 
 @dataclass(frozen=True)
-class RecursiveConfig:
+class RecursiveConfig(ModelConfig):
     """Fields shared by every recursive model; each model's Config subclasses it, adds its own
     fields and may change defaults."""
 

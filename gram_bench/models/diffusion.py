@@ -22,16 +22,16 @@ chosen tokens under the last denoising step's p(x0 | x_1).
 
 from __future__ import annotations
 
+import abc
 import math
 from dataclasses import dataclass
-from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from gram_bench.models import MODELS
-from gram_bench.models.base import Model, SampleOutput, check_choices
+from gram_bench.models.base import Model, ModelConfig, SampleOutput, check_choices
 from gram_bench.models.layers import Attention, Linear, PatchEncoder, PatchHead
 
 EPS = 1e-20
@@ -135,8 +135,9 @@ class DiscreteDiffusion(Model):
                        layout.image, cfg.enc_channels)
 
     # ---- schedule and forward process
+    @abc.abstractmethod
     def abar(self, t: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """The fraction of clean tokens kept at time t in [0, 1]."""
 
     def mix(self, like: torch.Tensor) -> torch.Tensor:
         """The distribution m tokens are mixed with, as a [K] vector."""
@@ -236,7 +237,7 @@ class D3PM(DiscreteDiffusion):
     name = "d3pm"
 
     @dataclass(frozen=True)
-    class Config:
+    class Config(ModelConfig):
         hidden: int = 512  # Small: 512 / 3 blocks / 8 heads (15.9M); Big: 768 / 5 / 12 (55.1M)
         heads: int = 8
         blocks: int = 3
@@ -245,7 +246,6 @@ class D3PM(DiscreteDiffusion):
         hybrid_coeff: float = 0.001  # lambda of the auxiliary x0 cross-entropy
         enc_channels: int = 32  # image tasks: channels of the conv patch encoder
 
-        inference_fields: ClassVar[tuple[str, ...]] = ()
 
         def check(self) -> None:
             check_diffusion(self)
@@ -314,7 +314,7 @@ class MDLM(DiscreteDiffusion):
     transition = "absorbing"
 
     @dataclass(frozen=True)
-    class Config:
+    class Config(ModelConfig):
         hidden: int = 512
         heads: int = 8
         blocks: int = 2
@@ -322,7 +322,6 @@ class MDLM(DiscreteDiffusion):
         t_min: float = 1e-3  # lower end of the training times (the 1/t weight)
         enc_channels: int = 32  # image tasks: channels of the conv patch encoder
 
-        inference_fields: ClassVar[tuple[str, ...]] = ()
 
         def check(self) -> None:
             check_diffusion(self)

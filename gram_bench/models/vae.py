@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gram_bench.models import MODELS
-from gram_bench.models.base import Model, SampleOutput, check_choices
+from gram_bench.models.base import Model, ModelConfig, SampleOutput, check_choices
 from gram_bench.models.layers import Linear
 
 BLACK, WHITE = 1, 2  # pixel tokens
@@ -35,7 +35,7 @@ class VAE(Model):
     image_only = True
 
     @dataclass(frozen=True)
-    class Config:
+    class Config(ModelConfig):
         latent: int = 32  # [open] latent dimensions
         channels: int = 32  # conv channels (the second conv has twice as many)
         hidden: int = 512  # MLP width between the conv features and the latent

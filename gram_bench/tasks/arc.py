@@ -50,7 +50,7 @@ from gram_bench.core.errors import UsageError
 from gram_bench.core.io import atomic_write_json
 from gram_bench.metrics.passk import PASS_KS, Candidate, pass_at_k, rank_candidates
 from gram_bench.tasks import TASKS
-from gram_bench.tasks.base import EvalSet, Layout, Task, TrainSet
+from gram_bench.tasks.base import EvalSet, Layout, Task, TaskConfig, TrainSet
 
 PAD, EOS, COLOR0 = 0, 1, 2
 SIDE = 30
@@ -271,7 +271,7 @@ class ArcTask(Task):
     """Shared by `arc-agi-1` and `arc-agi-2` (which differ only in their data file)."""
 
     @dataclass(frozen=True)
-    class Config:
+    class Config(TaskConfig):
         augmentations: int = 1000  # variants per task besides the task itself
         train_tasks: int = 0  # a seeded subset of the training tasks; 0 = all
         eval_tasks: int = 0  # a seeded subset of the evaluation tasks; 0 = all

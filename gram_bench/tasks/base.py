@@ -7,6 +7,7 @@ hashes don't match, naming the file and the command that rebuilds it.
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import hashlib
 import json
@@ -98,11 +99,20 @@ class TrainSet:
         return {"inputs": self.inputs[idx], "targets": self.targets[idx], "puzzle_ids": self.puzzle_ids[idx]}
 
 
-class Task:
-    """Base class. Subclasses set `name`, `Config`, and implement the abstract methods."""
+class TaskConfig:
+    """Base of every task's frozen `Config` dataclass (the fields are the subclass's)."""
+
+    def check(self) -> None:
+        """Raise ValueError naming a bad value or combination of values; called whenever a
+        config is resolved. Accepts everything by default."""
+
+
+class Task(abc.ABC):
+    """Base class. Subclasses set `name` and `Config` (a frozen dataclass subclassing
+    `TaskConfig`) and implement the abstract methods; every other hook has a default."""
 
     name: ClassVar[str]
-    Config: ClassVar[type]
+    Config: ClassVar[type[TaskConfig]]
     name_fields: ClassVar[tuple[str, ...]] = ()  # config fields spelled out in the directory name
     images: ClassVar[bool] = False  # are the answers images (`Layout.image`)?
 
@@ -142,9 +152,9 @@ class Task:
         return f"gram-bench data build --task {self.name} {sets} --force"
 
     # ---- data
+    @abc.abstractmethod
     def build_arrays(self, progress: Callable[[int, int], None] | None = None) -> tuple[dict, dict]:
         """Return ({file stem: array}, counts). Must be deterministic in the config."""
-        raise NotImplementedError
 
     def build(self, force: bool = False, progress: Callable[[int, int], None] | None = None) -> dict:
         """Write the dataset directory atomically (temp dir + rename); return the manifest."""
@@ -220,21 +230,24 @@ class Task:
 
     # ---- the seam used by the runner
     @property
+    @abc.abstractmethod
     def layout(self) -> Layout:
-        raise NotImplementedError
+        """Input/output length, vocabulary, number of puzzle ids, image shape."""
 
+    @abc.abstractmethod
     def train_set(self) -> TrainSet:
-        raise NotImplementedError
+        """The training examples."""
 
+    @abc.abstractmethod
     def eval_set(self, split: str = "test") -> EvalSet:
-        raise NotImplementedError
+        """The test inputs of `split`, with their stored targets and number of valid answers."""
 
+    @abc.abstractmethod
     def verify(self, inputs: torch.Tensor, preds: torch.Tensor, ids: np.ndarray | None = None
                ) -> dict[str, torch.Tensor]:
         """inputs [B, in_len], preds [B, N, out_len] -> integer fields [B, N]; must include `valid`.
         `ids` are the eval rows' example ids, for tasks whose rows need more than their tokens
         (e.g. ARC: which augmentation to invert)."""
-        raise NotImplementedError
 
     def extra_metrics(self, records: list[dict]) -> dict[str, dict]:
         """Task-level metrics over groups of records (e.g. ARC's pass@k over augmented views of

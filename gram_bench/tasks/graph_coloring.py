@@ -27,7 +27,7 @@ import torch
 
 from gram_bench.core.errors import UsageError
 from gram_bench.tasks import TASKS
-from gram_bench.tasks.base import EvalSet, Layout, Task, TrainSet
+from gram_bench.tasks.base import EvalSet, Layout, Task, TaskConfig, TrainSet
 
 NO_EDGE, EDGE = 1, 2
 COLOR0, N_COLORS = 3, 3
@@ -70,7 +70,7 @@ class GraphColoring(Task):
     name_fields = ("nodes",)
 
     @dataclass(frozen=True)
-    class Config:
+    class Config(TaskConfig):
         nodes: int = 8
         p: float | None = None  # edge probability; null = 0.4 (8 nodes), 0.3 (10 nodes), else 0.4
         n_train: int | None = None  # graphs; null = the paper's 7,002 (8 nodes) / 13,465 (10 nodes)

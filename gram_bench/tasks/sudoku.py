@@ -45,7 +45,7 @@ import torch
 from gram_bench.core.errors import UsageError
 from gram_bench.core.io import sha256_file
 from gram_bench.tasks import TASKS
-from gram_bench.tasks.base import EvalSet, Layout, Task, TrainSet, check_source_fields
+from gram_bench.tasks.base import EvalSet, Layout, Task, TaskConfig, TrainSet, check_source_fields
 
 BLANK, DIGIT0 = 1, 2  # token of a blank cell, token of digit 1
 VOCAB = 11
@@ -376,7 +376,7 @@ class SudokuExtreme(SudokuTask):
     name = "sudoku-extreme"
 
     @dataclass(frozen=True)
-    class Config:
+    class Config(TaskConfig):
         source: str = "csv"  # csv (the real files) | generated (offline generator)
         data_dir: str = field(default="", metadata={"identity": False})  # holds train.csv, test.csv
         train_puzzles: int = 1000
@@ -491,7 +491,7 @@ class SudokuUncond(SudokuTask):
     name = "sudoku-uncond"
 
     @dataclass(frozen=True)
-    class Config:
+    class Config(TaskConfig):
         source: str = "csv"  # csv: answers of train.csv rows | generated: random complete grids
         data_dir: str = field(default="", metadata={"identity": False})
         train_boards: int = 50000
