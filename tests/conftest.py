@@ -5,6 +5,7 @@ Everything is written under pytest's tmp dirs; nothing goes into the repository.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import re
 import shutil
@@ -40,6 +41,22 @@ def assert_same(a, b, path="ckpt"):
             assert_same(x, y, f"{path}[{i}]")
     else:
         assert a == b, path
+
+
+def make_model(cls, cfg, layout, seed: int = 0, **changes):
+    """Model `cls` from `cfg` with `changes` on `layout`, its initial weights seeded by `seed`."""
+    torch.manual_seed(seed)
+    return cls(dataclasses.replace(cfg, **changes), layout)
+
+
+def random_batch(b: int, in_len: int, out_len: int, inputs: tuple[int, int] = (1, 3),
+                 targets: tuple[int, int] = (1, 3), seed: int = 0, puzzle_ids: list[int] | None = None) -> dict:
+    """`b` rows of random tokens: inputs in [inputs[0], inputs[1]), then targets, drawn from one
+    generator seeded by `seed`; puzzle id 0 unless `puzzle_ids` are given."""
+    g = torch.Generator().manual_seed(seed)
+    return {"inputs": torch.randint(*inputs, (b, in_len), generator=g),
+            "targets": torch.randint(*targets, (b, out_len), generator=g),
+            "puzzle_ids": torch.zeros(b, dtype=torch.long) if puzzle_ids is None else torch.tensor(puzzle_ids)}
 
 
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")

@@ -18,6 +18,7 @@ from gram_bench.models.gram import GRAM
 from gram_bench.models.looped import LoopedTF
 from gram_bench.models.trm import TRM
 from gram_bench.tasks import Layout
+from conftest import make_model, random_batch
 
 LAYOUT = Layout(28, 8, 6)
 GRAM_CFG = GRAM.Config(hidden=32, heads=2, ffn_hidden=64, l_layers=1, h_layers=1, K=1, T=2, n_sup=2, prefix=1)
@@ -27,14 +28,11 @@ CPU = torch.device("cpu")
 
 
 def make(cls, cfg, **changes):
-    torch.manual_seed(0)
-    return cls(dataclasses.replace(cfg, **changes), LAYOUT)
+    return make_model(cls, cfg, LAYOUT, **changes)
 
 
 def batch(b: int = 4) -> dict:
-    g = torch.Generator().manual_seed(0)
-    return {"inputs": torch.randint(1, 3, (b, 28), generator=g), "targets": torch.randint(3, 6, (b, 8), generator=g),
-            "puzzle_ids": torch.zeros(b, dtype=torch.long)}
+    return random_batch(b, 28, 8, (1, 3), (3, 6))
 
 
 def samples(m, n=6, seed=0):

@@ -13,6 +13,7 @@ from gram_bench.models import MODELS
 from gram_bench.models.hrm import HRM
 from gram_bench.models.looped import DirectPred, LoopedTF
 from gram_bench.tasks import TASKS, Layout
+from conftest import make_model, random_batch
 
 LAYOUT = Layout(28, 8, 6)
 HRM_CFG = HRM.Config(hidden=32, heads=2, ffn_hidden=64, h_layers=1, l_layers=1, H_cycles=2, L_cycles=3,
@@ -23,15 +24,11 @@ CPU = torch.device("cpu")
 
 
 def make(cls, cfg, seed: int = 0, **changes):
-    torch.manual_seed(seed)
-    return cls(dataclasses.replace(cfg, **changes), LAYOUT)
+    return make_model(cls, cfg, LAYOUT, seed, **changes)
 
 
 def batch(b: int = 4, seed: int = 0) -> dict:
-    g = torch.Generator().manual_seed(seed)
-    return {"inputs": torch.randint(1, 3, (b, 28), generator=g),
-            "targets": torch.randint(3, 6, (b, 8), generator=g),
-            "puzzle_ids": torch.zeros(b, dtype=torch.long)}
+    return random_batch(b, 28, 8, (1, 3), (3, 6), seed)
 
 
 def count_calls(module: torch.nn.Module, monkeypatch) -> list[bool]:

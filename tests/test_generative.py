@@ -14,6 +14,7 @@ from gram_bench.models import MODELS
 from gram_bench.models.ar import AR
 from gram_bench.models.diffusion import D3PM, MDLM
 from gram_bench.tasks import TASKS, Layout
+from conftest import make_model, random_batch
 
 LAYOUT = Layout(6, 5, 4)
 AR_CFG = AR.Config(hidden=32, heads=2, ffn_hidden=64, layers=2)
@@ -23,15 +24,11 @@ CPU = torch.device("cpu")
 
 
 def make(cls, cfg, layout=LAYOUT, **changes):
-    torch.manual_seed(0)
-    return cls(dataclasses.replace(cfg, **changes), layout)
+    return make_model(cls, cfg, layout, **changes)
 
 
 def batch(b=4, layout=LAYOUT):
-    g = torch.Generator().manual_seed(0)
-    return {"inputs": torch.randint(1, layout.vocab, (b, layout.in_len), generator=g),
-            "targets": torch.randint(1, layout.vocab, (b, layout.out_len), generator=g),
-            "puzzle_ids": torch.zeros(b, dtype=torch.long)}
+    return random_batch(b, layout.in_len, layout.out_len, (1, layout.vocab), (1, layout.vocab))
 
 
 @pytest.mark.parametrize("transition", ["uniform", "absorbing"])

@@ -16,6 +16,7 @@ from gram_bench.models.layers import Attention, Block, MixerBlock, Stack, count_
 from gram_bench.models.looped import LoopedTF
 from gram_bench.models.trm import TRM
 from gram_bench.tasks import Layout
+from conftest import make_model, random_batch
 
 SUDOKU = Layout(in_len=81, out_len=81, vocab=11)
 GRAM_CFG = GRAM.Config(hidden=32, heads=2, ffn_hidden=64, l_layers=1, h_layers=1, K=1, T=2, n_sup=2, prefix=1,
@@ -25,15 +26,11 @@ CPU = torch.device("cpu")
 
 
 def make(cls, cfg, seed: int = 0, **changes):
-    torch.manual_seed(seed)
-    return cls(dataclasses.replace(cfg, **changes), SUDOKU)
+    return make_model(cls, cfg, SUDOKU, seed, **changes)
 
 
 def batch(b: int = 4, seed: int = 0) -> dict:
-    g = torch.Generator().manual_seed(seed)
-    return {"inputs": torch.randint(0, 11, (b, 81), generator=g),
-            "targets": torch.randint(1, 11, (b, 81), generator=g),
-            "puzzle_ids": torch.zeros(b, dtype=torch.long)}
+    return random_batch(b, 81, 81, (0, 11), (1, 11), seed)
 
 
 @pytest.mark.parametrize("dim, seq_len, ffn", [(32, 82, 64), (512, 97, 1536), (48, 10, 100)])

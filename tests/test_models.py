@@ -12,6 +12,7 @@ from gram_bench.models.gram import GRAM
 from gram_bench.models.guidance import gaussian_kl
 from gram_bench.models.trm import TRM
 from gram_bench.tasks import Layout
+from conftest import make_model, random_batch
 
 LAYOUT = Layout(64, 64, 3)
 GRAM_CFG = GRAM.Config(hidden=32, heads=2, ffn_hidden=64, l_layers=1, h_layers=1, K=1, T=2, n_sup=2, prefix=1)
@@ -20,15 +21,11 @@ CPU = torch.device("cpu")
 
 
 def make(cls, cfg, seed: int = 0, **changes):
-    torch.manual_seed(seed)
-    return cls(dataclasses.replace(cfg, **changes), LAYOUT)
+    return make_model(cls, cfg, LAYOUT, seed, **changes)
 
 
 def batch(b: int = 4, seed: int = 0) -> dict:
-    g = torch.Generator().manual_seed(seed)
-    return {"inputs": torch.randint(1, 3, (b, 64), generator=g),
-            "targets": torch.randint(1, 3, (b, 64), generator=g),
-            "puzzle_ids": torch.zeros(b, dtype=torch.long)}
+    return random_batch(b, 64, 64, seed=seed)
 
 
 def grad_norm(module: torch.nn.Module) -> float:

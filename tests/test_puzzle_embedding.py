@@ -19,6 +19,7 @@ from gram_bench.models.layers import InputEmbedding
 from gram_bench.models.trm import TRM
 from gram_bench.tasks import Layout
 from gram_bench.tasks.base import TrainSet
+from conftest import make_model, random_batch
 
 N_IDS = 50
 GRAM_CFG = GRAM.Config(hidden=32, heads=2, ffn_hidden=64, l_layers=1, h_layers=1, K=1, T=2, n_sup=2, prefix=2)
@@ -28,16 +29,11 @@ CPU = torch.device("cpu")
 
 
 def make(cls, cfg, n_ids: int = N_IDS, seed: int = 0, **changes):
-    torch.manual_seed(seed)
-    return cls(dataclasses.replace(cfg, **changes), Layout(16, 16, 3, n_puzzle_ids=n_ids))
+    return make_model(cls, cfg, Layout(16, 16, 3, n_puzzle_ids=n_ids), seed, **changes)
 
 
 def batch(ids: list[int], seed: int = 0) -> dict:
-    g = torch.Generator().manual_seed(seed)
-    b = len(ids)
-    return {"inputs": torch.randint(1, 3, (b, 16), generator=g),
-            "targets": torch.randint(1, 3, (b, 16), generator=g),
-            "puzzle_ids": torch.tensor(ids)}
+    return random_batch(len(ids), 16, 16, seed=seed, puzzle_ids=ids)
 
 
 def summed_grad(model, n_ids: int = N_IDS) -> torch.Tensor:

@@ -30,17 +30,10 @@ COLUMNS = ["task", "dataset", "model", "run_id", "run_dir", "profile", "seed", "
            "flops_per_answer", "calls_per_answer", "device", "hardware", "metric", "value", "ci_low", "ci_high", "n", "model_cfg",
            "overrides"]
 
-# the field spelled out in a dataset's name (as `Task.name_fields`), for runs whose env.json
-# predates the `dataset` entry
-_NAME_FIELDS = {"nqueens": "n", "graph-coloring": "nodes"}
-
-
 def dataset_label(task_cfg: dict, env: dict) -> str:
-    if env.get("dataset"):
-        return env["dataset"]
-    name = task_cfg.get("name", "?")
-    f = _NAME_FIELDS.get(name)
-    return f"{name}-{task_cfg[f]}" if f and f in task_cfg else name
+    """The dataset directory's name the run recorded in env.json (`nqueens-8`); the task's
+    name when env.json is missing or unreadable."""
+    return env.get("dataset") or task_cfg.get("name", "?")
 
 
 def training_overrides(overrides: dict) -> dict:
