@@ -16,20 +16,9 @@ from gram_bench.harness.rundir import run_path
 from gram_bench.metrics.records import example_records
 from gram_bench.metrics.summary import summarize
 from gram_bench.tasks import TASKS, arc
-from gram_bench.tasks.arc import (
-    EOS,
-    PAD,
-    SIDE,
-    ArcAgi1,
-    ArcAgi2,
-    augment_grid,
-    decode,
-    dihedral,
-    encode,
-    grid_hash,
-    invert_grid,
-    load_arc_json,
-)
+from gram_bench.tasks.arc import ArcAgi1, ArcAgi2
+from gram_bench.tasks.arc_grids import (EOS, PAD, SIDE, augment_grid, decode, dihedral, encode, grid_hash, invert_grid,
+                                        load_arc_json)
 
 # the small dataset most tests share: 4 training and 3 evaluation tasks of ARC-AGI-1, 4 extra
 # variants each. Seed 2 is picked so that the evaluation subset holds a task with 2 test inputs

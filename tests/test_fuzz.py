@@ -29,7 +29,7 @@ from gram_bench.core.io import sha256_file
 from gram_bench.leaderboards import load_runs
 from gram_bench.leaderboards.export import export
 from gram_bench.leaderboards.tables import TABLES, build_table
-from gram_bench.tasks.arc import read_arc_json
+from gram_bench.tasks.arc_grids import read_arc_json
 from gram_bench.tasks.nqueens import NQueens
 
 SCALE = float(os.environ.get("GRAM_BENCH_FUZZ_SCALE", "1"))  # e.g. 10 for a long fuzzing session
