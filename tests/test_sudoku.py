@@ -14,8 +14,8 @@ from gram_bench.harness.config import resolve
 from gram_bench.core.errors import UsageError
 from gram_bench.metrics.summary import summarize
 from gram_bench.tasks import TASKS
-from gram_bench.tasks.sudoku import (BLANK, DIGIT0, HEADER, augment, augmentation_params, grid_string,
-                                     grids_valid, invert, verify_grids)
+from gram_bench.tasks.sudoku import BLANK, DIGIT0, augment, augmentation_params, invert, verify_grids
+from gram_bench.tasks.sudoku_csv import HEADER, grid_string, grids_valid
 
 SudokuExtreme = TASKS.get("sudoku-extreme")
 SudokuUncond = TASKS.get("sudoku-uncond")
