@@ -15,7 +15,8 @@ import pytest
 import yaml
 
 from gram_bench.leaderboards import load_runs
-from gram_bench.leaderboards.tables import FORMATS, TABLES, build_table
+from gram_bench.leaderboards.render import FORMATS
+from gram_bench.leaderboards.tables import TABLES, build_table
 from gram_bench.metrics import bootstrap_ci, example_records, seed_interval, summarize
 from gram_bench.metrics.records import truncate
 from gram_bench.metrics.stats import CI_METHOD, mean_stat, sum_stat
