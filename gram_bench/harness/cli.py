@@ -7,72 +7,19 @@ stderr starting with `error:` (argument parsing errors included), never a traceb
 from __future__ import annotations
 
 import dataclasses
-import functools
 import os
 import sys
 from pathlib import Path
 from typing import List, Optional
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
-from typer.core import TyperGroup
 
-from gram_bench.core.errors import GramBenchError, UsageError
-
-try:  # typer >= 0.16 vendors click as typer._click
-    from typer._click import exceptions as click_exceptions
-except ImportError:  # pragma: no cover - older typer on click
-    from click import exceptions as click_exceptions
-
-console = Console()
-err_console = Console(stderr=True)
-STATE = {"debug": False}
-
-
-def one_line(text: str) -> str:
-    """A message as one printable line: line breaks and tabs become spaces, other control
-    characters (e.g. terminal escapes in a crafted file name) are shown escaped."""
-    out = []
-    for ch in str(text):
-        if ch in "\n\r\t\v\f":
-            out.append(" ")
-        elif ch.isprintable():
-            out.append(ch)
-        else:
-            out.append(repr(ch)[1:-1])
-    return "".join(out).strip()
-
-
-def print_error(message: str, style: str = "red", label: str = "error") -> None:
-    err_console.print(f"[{style}]{label}:[/] {escape(one_line(message))}", highlight=False, soft_wrap=True)
-
-
-class OneLineErrors(TyperGroup):
-    """The top-level command group: click's argument errors (a bad type, a missing option, an
-    unknown command) print as one `error:` line, like every other error, exit code 2."""
-
-    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
-        if not standalone_mode:
-            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
-        try:
-            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
-        except click_exceptions.ClickException as e:
-            if type(e).__name__ == "NoArgsIsHelpError":  # the help was printed: exit as click does
-                sys.exit(e.exit_code)
-            if STATE["debug"]:
-                raise
-            ctx = getattr(e, "ctx", None)
-            hint = f" (see '{ctx.command_path} --help')" if ctx is not None and isinstance(e, click_exceptions.UsageError) \
-                else ""
-            print_error(e.format_message() + hint)
-            sys.exit(e.exit_code)
-        except typer.Abort:
-            print_error("aborted", "yellow")
-            sys.exit(1)
-        sys.exit(rv if isinstance(rv, int) else 0)
-
+from gram_bench.core.errors import UsageError
+from gram_bench.harness.cli_support import (STATE, OneLineErrors, build_task, console, default_data_dir, handle_errors,
+                                            launch_torchrun, load_runs_noting_skips, parse_ints, parse_seeds,
+                                            parse_sets, write_or_print)
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, cls=OneLineErrors, pretty_exceptions_enable=False,
                   help="GRAM and its baselines on one bench: train, sample, verify, tabulate.")
@@ -80,54 +27,9 @@ data_app = typer.Typer(no_args_is_help=True, help="Build or verify datasets.")
 app.add_typer(data_app, name="data")
 
 
-def handle_errors(fn):
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        from gram_bench.harness.lifecycle import Terminated
-
-        try:
-            return fn(*args, **kwargs)
-        except GramBenchError as e:
-            if STATE["debug"]:
-                raise
-            print_error(str(e))
-            raise typer.Exit(e.exit_code)
-        except Terminated:
-            print_error("terminated by SIGTERM", "yellow", "stopped")
-            raise typer.Exit(143)
-        except KeyboardInterrupt:
-            err_console.print("[yellow]interrupted[/]")
-            raise typer.Exit(130)
-        except OSError as e:  # a path given on the command line cannot be read or written
-            if STATE["debug"]:
-                raise
-            where = f" {e.filename}" if e.filename else ""
-            print_error(f"cannot access{where}: {e.strerror or e}.")
-            raise typer.Exit(2)
-        except (typer.Exit, typer.Abort, click_exceptions.ClickException):
-            raise
-        except Exception as e:  # noqa: BLE001 - a bug: one line, the traceback with --debug
-            if STATE["debug"]:
-                raise
-            print_error(f"internal error: {type(e).__name__}: {e} (run `gram-bench --debug ...` for the traceback; "
-                        f"please report it).")
-            raise typer.Exit(1)
-    return wrapper
-
-
 @app.callback()
 def _main(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors.")):
     STATE["debug"] = debug
-
-
-def default_data_dir(data_dir: Optional[Path]) -> Path:
-    return data_dir or Path(os.environ.get("GRAM_BENCH_DATA", "data"))
-
-
-def _sets(values: Optional[List[str]]) -> dict:
-    from gram_bench.harness.config import parse_set
-
-    return parse_set(values or [])
 
 
 # ----------------------------------------------------------------------------- list
@@ -181,24 +83,6 @@ def list_cmd(what: str = typer.Argument("all", help="tasks | models | profiles |
 # ----------------------------------------------------------------------------- data
 
 
-def _task(task: str, sets: Optional[List[str]], data_dir: Optional[Path]):
-    from gram_bench.harness.config import build_dataclass
-    from gram_bench.tasks import TASKS
-
-    cls = TASKS.get(task)
-    values = {}
-    for k, v in _sets(sets).items():
-        if not k.startswith("task."):
-            raise UsageError(f"'data' commands take only task.* settings, got '{k}'.")
-        values[k[5:]] = v
-    cfg = build_dataclass(cls.Config, values, "task.")
-    try:
-        cfg.check()
-    except ValueError as e:
-        raise UsageError(f"{e} (a task setting).") from None
-    return cls(cfg, default_data_dir(data_dir))
-
-
 @data_app.command("build")
 @handle_errors
 def data_build(task: str = typer.Option(..., "--task", help="Task name (see `gram-bench list tasks`)."),
@@ -209,7 +93,7 @@ def data_build(task: str = typer.Option(..., "--task", help="Task name (see `gra
     from gram_bench.harness.build import data_lock
     from gram_bench.harness.display import progress_bar
 
-    t = _task(task, set_, data_dir)
+    t = build_task(task, set_, data_dir)
     if t.data_dir.exists() and not force:
         manifest = t.verify_files()
         console.print(f"{escape(str(t.data_dir))} exists and verifies: {manifest['counts']} (use --force to rebuild)")
@@ -226,33 +110,13 @@ def data_verify(task: str = typer.Option(..., "--task"),
                 set_: Optional[List[str]] = typer.Option(None, "--set", help="task.KEY=VALUE, repeatable."),
                 data_dir: Optional[Path] = typer.Option(None, "--data-dir")):
     """Check a dataset directory against its manifest (sha256 of every file) and load every file."""
-    t = _task(task, set_, data_dir)
+    t = build_task(task, set_, data_dir)
     manifest = t.verify_files()
     t.arrays()  # every .npy parses (allow_pickle=False)
     console.print(f"[green]ok[/] {escape(str(t.data_dir))}: {len(manifest['files'])} files match; counts {manifest['counts']}")
 
 
 # ----------------------------------------------------------------------------- run / eval
-
-
-def parse_ints(value: Optional[str], flag: str, minimum: int = 1, example: str = "1,5,20") -> list[int]:
-    """`"1,5,20"` -> [1, 5, 20]; None -> []; every value must be at least `minimum`."""
-    if value is None:
-        return []
-    try:
-        out = [int(v) for v in value.split(",") if v.strip()]
-    except ValueError:
-        raise UsageError(f"{flag} expects comma-separated integers like {example} (one value or a comma-separated "
-                         f"list), got '{value}'.") from None
-    if not out or any(v < minimum for v in out):
-        if minimum == 0:
-            raise UsageError(f"{flag} expects non-negative integers like {example}, got '{value}'.")
-        raise UsageError(f"{flag} must be at least {minimum}, got '{value}'.")
-    return out
-
-
-def parse_seeds(seeds: Optional[str]) -> list[Optional[int]]:
-    return parse_ints(seeds, "--seeds", minimum=0, example="0,1,2") if seeds is not None else [None]
 
 
 @app.command()
@@ -287,7 +151,7 @@ def run(task: str = typer.Option(..., "--task", help="Task name (see `gram-bench
         args += ["--resume"] if resume else []
         args += ["--force"] if force else []
         raise typer.Exit(launch_torchrun(nproc, args))
-    sets = _sets(set_)
+    sets = parse_sets(set_)
     if samples is not None:
         if samples < 1:
             raise UsageError(f"--samples must be at least 1, got {samples}.")
@@ -297,18 +161,6 @@ def run(task: str = typer.Option(..., "--task", help="Task name (see `gram-bench
     cfgs = [resolve(task, model, profile, sets, seed) for seed in parse_seeds(seeds)]
     for cfg in cfgs:
         run_one(cfg, runs_dir, default_data_dir(data_dir), device, resume=resume, force=force, console=console)
-
-
-def launch_torchrun(nproc: int, args: list[str]) -> int:
-    """Run `gram-bench ARGS` under `torchrun --standalone --nproc-per-node N` (an argument list,
-    never a shell string); returns its exit code."""
-    import subprocess
-
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-           "-m", "gram_bench"] + (["--debug"] if STATE["debug"] else []) + args
-    console.print(f"launching {nproc} processes: torchrun --standalone --nproc-per-node={nproc} -m gram_bench "
-                  + escape(" ".join(args)))
-    return subprocess.run(cmd).returncode
 
 
 @app.command("eval")
@@ -333,7 +185,7 @@ def eval_cmd(run_dir: Path = typer.Argument(..., help="A run directory (runs/<ta
         raise UsageError(f"--select must be one of {', '.join(SELECTIONS)}, got '{select}'.")
     if limit is not None and limit < 0:
         raise UsageError(f"--limit must be 0 (all) or positive, got {limit}.")
-    evaluate_run(run_dir, widths, depths, select=select, limit=limit, sets=_sets(set_), device_name=device,
+    evaluate_run(run_dir, widths, depths, select=select, limit=limit, sets=parse_sets(set_), device_name=device,
                  data_root=default_data_dir(data_dir), console=console)
 
 
@@ -357,35 +209,6 @@ def scale(run_dir: Path = typer.Argument(..., help="A run directory (runs/<task>
 
 
 # ----------------------------------------------------------------------------- tables, leaderboard, plots
-
-
-def _write_or_print(text: str, out: Optional[Path]) -> None:
-    from gram_bench.core.io import atomic_write_text
-
-    if out is None:
-        print(text, end="")
-    else:
-        atomic_write_text(out, text)
-        console.print(f"wrote {escape(str(out))}")
-
-
-def _load(runs_dir: Path):
-    from gram_bench.leaderboards import load_runs
-
-    if not runs_dir.is_dir():
-        raise UsageError(f"Runs directory {runs_dir} does not exist; pass --runs-dir or run something first.")
-    df = load_runs(runs_dir)
-    incomplete = df.attrs.get("incomplete", [])
-    if incomplete:
-        shown = "; ".join(f"{d} ({s})" for d, s in incomplete[:5]) + (f"; and {len(incomplete) - 5} more"
-                                                                       if len(incomplete) > 5 else "")
-        print_error(f"{len(incomplete)} run(s) not finished, left out: {shown}", "yellow", "note")
-    unreadable = df.attrs.get("unreadable", [])
-    if unreadable:
-        shown = "; ".join(f"{p} ({why})" for p, why in unreadable[:3]) + (f"; and {len(unreadable) - 3} more"
-                                                                          if len(unreadable) > 3 else "")
-        print_error(f"{len(unreadable)} unreadable file(s) skipped: {shown}", "yellow", "note")
-    return df
 
 
 @app.command()
@@ -418,7 +241,7 @@ def bench(task: str = typer.Option(..., "--task", help="Task name (see `gram-ben
         raise UsageError(f"--threads must be 0 (torch's default) or positive, got {threads}.")
     if sample_steps is not None and sample_steps < 1:
         raise UsageError(f"--sample-steps must be at least 1, got {sample_steps}.")
-    result = run_bench(task, model, profile, _sets(set_), batch=batch, steps=steps, warmup=warmup,
+    result = run_bench(task, model, profile, parse_sets(set_), batch=batch, steps=steps, warmup=warmup,
                        samples=parse_ints(samples, "--samples"), sample_batch=sample_batch,
                        sample_steps=sample_steps, compare=compare,
                        compile_core=compile_core, threads=threads, device_name=device,
@@ -442,7 +265,8 @@ def table(name: str = typer.Argument(..., help="multi-solution | structured | mn
                                                 "nqueens-8 or sudoku-extreme."),
           out: Optional[Path] = typer.Option(None, "-o", "--out", help="Write to this file instead of stdout.")):
     """Render a paper-style table from run records, with CIs and the paper's numbers."""
-    from gram_bench.leaderboards.tables import FORMATS, build_table
+    from gram_bench.leaderboards.render import FORMATS
+    from gram_bench.leaderboards.tables import build_table
     from gram_bench.metrics import SELECTIONS
 
     if fmt not in FORMATS:
@@ -454,7 +278,7 @@ def table(name: str = typer.Argument(..., help="multi-solution | structured | mn
         kw["dataset"] = dataset
     elif dataset:
         raise UsageError(f"--dataset applies to the ablation and scaling tables, not '{name}'.")
-    _write_or_print(build_table(name, _load(runs_dir), **kw).render(fmt), out)
+    write_or_print(build_table(name, load_runs_noting_skips(runs_dir), **kw).render(fmt), out)
 
 
 leaderboard_app = typer.Typer(no_args_is_help=True, help="Export a ranked leaderboard.")
@@ -469,7 +293,7 @@ def leaderboard_export(runs_dir: Path = typer.Option(Path("runs"), "--runs-dir")
     """Rank models per dataset and metric, with params, N, steps, FLOPs/answer, hardware, links."""
     from gram_bench.leaderboards.export import export
 
-    _write_or_print(export(_load(runs_dir), fmt, out), out)
+    write_or_print(export(load_runs_noting_skips(runs_dir), fmt, out), out)
 
 
 @app.command()
@@ -502,8 +326,8 @@ def ablation(task: str = typer.Option("nqueens", "--task"),
         return
     cfg = resolve(task, "gram", profile)
     dataset = TASKS.get(task)(cfg.task, data_root).dir_name()
-    text = build_table("ablation", _load(runs_dir), profile=profile, dataset=dataset).render("markdown")
-    _write_or_print(text, out or runs_dir / "tables" / f"ablation-{dataset}-{profile}.md")
+    text = build_table("ablation", load_runs_noting_skips(runs_dir), profile=profile, dataset=dataset).render("markdown")
+    write_or_print(text, out or runs_dir / "tables" / f"ablation-{dataset}-{profile}.md")
 
 
 @app.command()
