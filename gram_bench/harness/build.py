@@ -126,26 +126,41 @@ def choose_precision(cfg: RunConfig, task, model, device: torch.device, console:
     prec = fixed(cfg.train.precision, device)
     if prec is None and rdir is not None:
         prec = recorded_precision(rdir)
+    probe_batch = _ProbeBatch(cfg, task, device)
     if prec is None:
-        data, es = task.train_set().to(device), task.eval_set(cfg.eval.split)
-        batch = data.batch(torch.arange(min(dist.local_batch(cfg.train.batch_size), len(data)), device=device))
+        es = task.eval_set(cfg.eval.split)
         rows = max(1, cfg.eval.batch_size // cfg.eval.samples)
-        tc = cfg.train
-
-        def step(twin, opt, b, carry, bf16):
-            return train_step(twin, opt, b, carry, device=device, bf16=bf16, grad_clip=tc.grad_clip, lr_scale=1.0)[2]
-
         with console.status("train.precision=auto: timing fp32 and bf16 training steps and sampling batches"):
-            prec = probe(model, batch, es.inputs[:rows].to(device), es.puzzle_ids[:rows].to(device),
-                         cfg.eval.samples, device, step)
+            prec = probe(model, probe_batch.get(), es.inputs[:rows].to(device), es.puzzle_ids[:rows].to(device),
+                         cfg.eval.samples, device, probe_batch.step)
         if dist.world_size() > 1:
             prec = dist.gather_objects(prec)[0]
-    prec = _choose_compile(cfg, task, model, device, console, prec)
+    prec = _choose_compile(cfg, model, device, console, prec, probe_batch)
     console.print(escape(prec.describe()))
     return prec
 
 
-def _choose_compile(cfg: RunConfig, task, model, device: torch.device, console: Console, prec: Precision) -> Precision:
+class _ProbeBatch:
+    """The probes' training batch (the run's first local batch size of the training set, made
+    on first use and then reused by both probes) and their training step."""
+
+    def __init__(self, cfg: RunConfig, task, device: torch.device):
+        self.cfg, self.task, self.device, self._batch = cfg, task, device, None
+
+    def get(self) -> dict:
+        if self._batch is None:
+            data = self.task.train_set().to(self.device)
+            n = min(dist.local_batch(self.cfg.train.batch_size), len(data))
+            self._batch = data.batch(torch.arange(n, device=self.device))
+        return self._batch
+
+    def step(self, twin, opt, b, carry, bf16):
+        return train_step(twin, opt, b, carry, device=self.device, bf16=bf16, grad_clip=self.cfg.train.grad_clip,
+                          lr_scale=1.0)[2]
+
+
+def _choose_compile(cfg: RunConfig, model, device: torch.device, console: Console, prec: Precision,
+                    probe_batch: _ProbeBatch) -> Precision:
     """`train.compile` resolved: true (already compiled by `build`) and false as asked; `auto`
     keeps a recorded choice (a resumed run), stays eager without a C++ compiler, else times
     eager and compiled training steps in the chosen dtype (`precision.probe_compile`) and
@@ -161,15 +176,8 @@ def _choose_compile(cfg: RunConfig, task, model, device: torch.device, console: 
         return dataclasses.replace(prec, compile=False, compile_how="no C++ compiler")
     if not model.compile_targets():
         return dataclasses.replace(prec, compile=False, compile_how="nothing to compile")
-    data = task.train_set().to(device)
-    batch = data.batch(torch.arange(min(dist.local_batch(cfg.train.batch_size), len(data)), device=device))
-    tc = cfg.train
-
-    def step(twin, opt, b, carry, bf16):
-        return train_step(twin, opt, b, carry, device=device, bf16=bf16, grad_clip=tc.grad_clip, lr_scale=1.0)[2]
-
     with console.status("train.compile=auto: compiling a copy of the model and timing eager and compiled steps"):
-        t = probe_compile(model, batch, device, step, prec.train, compile_cores)
+        t = probe_compile(model, probe_batch.get(), device, probe_batch.step, prec.train, compile_cores)
     if dist.world_size() > 1:
         t = dist.gather_objects(t)[0]
     on = t["compiled"] < t["eager"]
