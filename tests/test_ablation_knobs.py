@@ -139,5 +139,6 @@ def test_variants_resolve_for_their_models():
             assert k in type(cfg.model).inference_fields
         assert cfg.model_name == v.model
     deep = variant_sets(by_key("looped-deep-guidance"), "graph-coloring", "cpu")
-    assert deep == {"model.guidance": "learned", "model.ce_reduce": "sum", "model.n_sup": 8, "model.act": True}
+    gram_n_sup = resolve("graph-coloring", "gram", "cpu").model.n_sup  # the rung takes GRAM's n_sup
+    assert deep == {"model.guidance": "learned", "model.ce_reduce": "sum", "model.n_sup": gram_n_sup, "model.act": True}
     assert variant_sets(by_key("looped-guidance"), "nqueens", "cpu")["model.ce_reduce"] == "sum"  # Eq. 14
