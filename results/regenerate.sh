@@ -3,7 +3,8 @@
 # (everything but checkpoint.pt) to results/runs/, then renders the leaderboard, the tables
 # and the plots from those copies only. Run from anywhere: bash results/regenerate.sh
 set -euo pipefail
-cd "$(dirname "$0")/.." && . .venv/bin/activate
+cd "$(dirname "$0")/.."
+[ -n "${VIRTUAL_ENV:-}" ] || . .venv/bin/activate   # the active environment, else the README's .venv
 rm -rf results/runs results/tables results/plots
 mkdir -p results/runs results/tables results/plots
 for d in runs/*/*/*/; do

@@ -206,13 +206,16 @@ def test_eval_with_limit_keeps_the_runs_own_summary(cli, gram_run, copy_run, dat
 # ----------------------------------------------------------------------------- existing run directories
 
 
-def test_finished_run_is_not_rerun(cli, gram_run, runs_root, data_root):
-    mtime = (gram_run / "checkpoint.pt").stat().st_mtime_ns
+@pytest.mark.parametrize("extra", [(), ("--resume",)])
+def test_finished_run_is_not_rerun(cli, gram_run, runs_root, data_root, extra):
+    """A finished run is skipped, with or without --resume (so `results/reproduce.sh` can pass
+    --resume to every command), and nothing in it is rewritten."""
+    mtimes = {p: p.stat().st_mtime_ns for p in gram_run.rglob("*") if p.is_file()}
     res = cli("run", "--task", "nqueens", "--model", "gram", *SMOKE, "--runs-dir", runs_root,
-              "--data-dir", data_root)
+              "--data-dir", data_root, *extra)
     assert res.exit_code == 0, res.output
     assert "already finished" in res.text
-    assert (gram_run / "checkpoint.pt").stat().st_mtime_ns == mtime
+    assert {p: p.stat().st_mtime_ns for p in gram_run.rglob("*") if p.is_file()} == mtimes
 
 
 def test_unfinished_run_needs_resume(cli, gram_run, copy_run, data_root):

@@ -61,13 +61,16 @@ def test_ablation_dry_run_lists_the_grid(cli, tmp_path):
     assert "(train + eval decode=sample)" in res.text
     assert not (tmp_path / "runs").exists()  # a dry run writes nothing
     assert_usage_error(cli("ablation", "--only", "gram,nope", "--dry-run"), "Unknown ablation variant(s) nope")
+    assert_usage_error(cli("ablation", "--set", "model.K=4", "--dry-run"), "only the train keys outside the run id")
 
 
 def test_ablation_runs_a_subset_and_writes_its_table(cli, tmp_path, data_root):
     runs = tmp_path / "runs"
     res = cli("ablation", "--task", "nqueens", "--profile", "smoke", "--only", "gram,trm-random-z0",
-              "--device", "cpu", "--runs-dir", runs, "--data-dir", data_root)
+              "--device", "cpu", "--runs-dir", runs, "--data-dir", data_root, "--set", "train.threads=1")
     assert res.exit_code == 0, res.output
+    cfg = yaml.safe_load(next(runs.glob("nqueens/gram/*/config.yaml")).read_text())
+    assert cfg["overrides"]["train.threads"] == 1
     table = (runs / "tables" / "ablation-nqueens-8-smoke.md").read_text()
     assert "GRAM (full)" in table and "TRM with a random z0 per inference" in table
     assert "without stochastic guidance | no run" in table
@@ -75,4 +78,4 @@ def test_ablation_runs_a_subset_and_writes_its_table(cli, tmp_path, data_root):
     # a second call reuses everything
     res = cli("ablation", "--task", "nqueens", "--profile", "smoke", "--only", "gram,trm-random-z0", "--dry-run",
               "--runs-dir", runs)
-    assert "(reuse)" in res.text and "(train" not in res.text
+    assert "(reuse)" in res.text and "(train" not in res.text  # --set train.threads left the run ids as they were

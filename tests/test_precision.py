@@ -69,6 +69,7 @@ def test_auto_run_records_its_choice_and_reuses_it_on_resume(cli, tmp_path, data
         t = rec["timings"][phase]
         assert rec[key] == (t["bf16"] < t["fp32"])  # never the dtype measured slower
     assert json.loads((rdir / "env.json").read_text())["bf16_autocast"] == rec["train"]
+    (rdir / "status").write_text("failed: interrupted (resume with --resume)\n")  # as a stopped run
     res = cli(*args, "--resume")
     assert res.exit_code == 0, res.output
     assert "recorded" in res.text  # a resumed run keeps the dtype it trained in

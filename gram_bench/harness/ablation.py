@@ -31,14 +31,15 @@ def variant_sets(v: Variant, task: str, profile: str) -> dict:
 
 
 def run_ablation(task: str, profile: str, seeds: list[int | None], runs_dir: Path, data_root: Path,
-                 device_name: str, console: Console, only: list[str] | None = None, dry_run: bool = False
-                 ) -> list[tuple[str, Path, str]]:
-    """Returns (variant key, run dir, what happened) for every cell of the grid."""
+                 device_name: str, console: Console, only: list[str] | None = None, dry_run: bool = False,
+                 sets: dict | None = None) -> list[tuple[str, Path, str]]:
+    """Returns (variant key, run dir, what happened) for every cell of the grid. `sets` are
+    added to every cell's overrides (the CLI allows only keys outside the run id)."""
     variants = [v for v in VARIANTS if not only or v.key in only]
     plan = []
     for v in variants:
         for seed in seeds:
-            cfg = resolve(task, v.model, profile, variant_sets(v, task, profile), seed)
+            cfg = resolve(task, v.model, profile, {**(sets or {}), **variant_sets(v, task, profile)}, seed)
             plan.append((v, cfg, run_path(runs_dir, cfg)))
     out = []
     for v, cfg, rdir in plan:

@@ -306,11 +306,15 @@ def ablation(task: str = typer.Option("nqueens", "--task"),
              device: str = typer.Option("auto", "--device"),
              runs_dir: Path = typer.Option(Path("runs"), "--runs-dir"),
              data_dir: Optional[Path] = typer.Option(None, "--data-dir"),
+             set_: Optional[List[str]] = typer.Option(None, "--set", help="KEY=VALUE for every run of the grid, "
+                                                      "repeatable; only train.* keys outside the run id "
+                                                      "(train.threads, train.max_minutes, ...)."),
              out: Optional[Path] = typer.Option(None, "-o", "--out", help="Table file (default: "
                                                 "<runs-dir>/tables/ablation-<dataset>-<profile>.md).")):
     """Run the missing runs of the ablation grid (reusing finished ones), then write its table."""
     from gram_bench.harness.ablation import run_ablation
     from gram_bench.harness.config import resolve
+    from gram_bench.core.identity import TRAIN_LOGGING
     from gram_bench.core.variants import VARIANTS
     from gram_bench.leaderboards.tables import build_table
     from gram_bench.tasks import TASKS
@@ -320,8 +324,14 @@ def ablation(task: str = typer.Option("nqueens", "--task"),
     bad = [k for k in chosen or [] if k not in keys]
     if bad:
         raise UsageError(f"Unknown ablation variant(s) {', '.join(bad)}; choose from {', '.join(keys)}.")
+    sets = parse_sets(set_)
+    bad = [k for k in sets if not (k.startswith("train.") and k[6:] in TRAIN_LOGGING)]
+    if bad:
+        raise UsageError(f"ablation --set takes only the train keys outside the run id "
+                         f"({', '.join('train.' + k for k in TRAIN_LOGGING)}), got {', '.join(bad)}; "
+                         f"run a changed grid cell with `gram-bench run`.")
     data_root = default_data_dir(data_dir)
-    run_ablation(task, profile, parse_seeds(seeds), runs_dir, data_root, device, console, chosen, dry_run)
+    run_ablation(task, profile, parse_seeds(seeds), runs_dir, data_root, device, console, chosen, dry_run, sets)
     if dry_run:
         return
     cfg = resolve(task, "gram", profile)

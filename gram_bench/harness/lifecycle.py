@@ -41,14 +41,16 @@ def sigterm_as_exception():
 
 
 def refuse_or_skip(rdir: Path, resume: bool, force: bool, console: Console, check_lock: bool = True) -> bool:
-    """True when the run is finished and nothing is asked (skip it); UsageError when the run
-    directory is in use, or exists unfinished without --resume or --force."""
+    """True when the run is finished and --force is not given (skip it, with or without
+    --resume: a finished run has nothing to continue, so `run --resume` can be repeated over a
+    list of runs); UsageError when the run directory is in use, or exists unfinished without
+    --resume or --force."""
     if check_lock and is_locked(rdir):
         raise UsageError(in_use_message(rdir))
     status = read_status(rdir)
     if status is None or force:
         return False
-    if status == "finished" and not resume:
+    if status == "finished":
         console.print(f"[green]{escape(str(rdir))} already finished[/]; pass --force to run it again.")
         return True
     if not resume:

@@ -1,0 +1,84 @@
+#!/bin/bash
+# Make every cpu-profile run behind results/, then render results/ from them
+# (results/regenerate.sh). Each run is the README-style command, alone, at the profile's
+# settings; a finished run is skipped and a stopped one resumed (`run --resume`), so the
+# script can be stopped at any point and started again. Several CPU-hours on 2 cores; the
+# tasks run in the order below. Run from anywhere: bash results/reproduce.sh [TASK ...]
+# (TASK in nqueens mnist sudoku arc graph-coloring; default all).
+# THREADS=1 runs every command at one torch thread (train.threads, not part of a run id), so
+# that two copies of the script, each with its own tasks, can share a 2-core machine; the
+# profile's wall-clock caps (train.max_minutes) still apply, and each run's log records
+# where a cap stopped it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[ -n "${VIRTUAL_ENV:-}" ] || . .venv/bin/activate   # the active environment, else the README's .venv
+
+sets=()
+if [ -n "${THREADS:-}" ]; then
+  export OMP_NUM_THREADS=$THREADS
+  sets=(--set "train.threads=$THREADS")
+fi
+run() { gram-bench run --resume "${sets[@]}" "$@"; }
+
+# the run directory of `--task T --model M [--set k=v ...]` at the cpu profile, seed 0
+run_dir() {
+  python - "$@" <<'PY'
+import sys
+from gram_bench.harness.config import resolve
+from gram_bench.harness.rundir import run_path
+task, model, sets = sys.argv[1], sys.argv[2], dict(a.split("=", 1) for a in sys.argv[3:])
+print(run_path("runs", resolve(task, model, "cpu", sets)))
+PY
+}
+
+# gram-bench eval RUN --steps LIST [--samples N], unless eval/test-n<N>-s<S>.json exists for every S
+eval_depths() {
+  local rdir=$1 steps=$2 n=${3:-20} s todo=""
+  for s in ${steps//,/ }; do [ -e "$rdir/eval/test-n$n-s$s.json" ] || todo="$todo,$s"; done
+  [ -z "$todo" ] || gram-bench eval "$rdir" --samples "$n" --steps "${todo#,}"
+}
+
+nqueens() {
+  for m in gram trm hrm looped-tf ar; do run --task nqueens --model $m; done
+  # 100 denoising steps over 64 tokens: a seeded 256 (D3PM absorbing 128) of the 773 inputs
+  run --task nqueens --model mdlm --set eval.limit=256
+  run --task nqueens --model d3pm --set eval.limit=256
+  run --task nqueens --model d3pm --set model.transition=absorbing --set eval.limit=128
+}
+
+mnist() {
+  for m in gram trm vae d3pm; do run --task mnist --model $m; done
+  eval_depths "$(run_dir mnist gram)" 4,8,32
+}
+
+sudoku() {
+  for m in gram trm; do
+    run --task sudoku-extreme --model $m --set task.source=generated --set train.max_minutes=6 --set eval.limit=200
+  done
+  gram-bench scale "$(run_dir sudoku-extreme gram task.source=generated)" --samples 1,5,10,20 --steps 4,8
+  for m in gram d3pm; do run --task sudoku-uncond --model $m --set task.source=generated --set train.max_minutes=6; done
+}
+
+arc() {
+  run --task arc-agi-1 --model gram --set train.max_minutes=3   # the pipeline check
+  run --task arc-agi-1 --model gram
+}
+
+graph-coloring() {
+  for m in gram trm hrm direct looped-tf ar d3pm mdlm; do run --task graph-coloring --model $m; done
+  run --task graph-coloring --model d3pm --set model.transition=absorbing
+  run --task graph-coloring --model gram --set model.ce_reduce=mean   # the CE-reduction finding
+  gram-bench ablation --task graph-coloring "${sets[@]}"
+  eval_depths "$(run_dir graph-coloring gram)" 1,2,4,16
+}
+
+tasks=("${@:-nqueens}"); [ $# -gt 0 ] || tasks=(nqueens mnist sudoku arc graph-coloring)
+for t in "${tasks[@]}"; do
+  case $t in
+    nqueens|mnist|sudoku|arc|graph-coloring) ;;
+    *) echo "reproduce.sh: unknown task '$t'; choose from nqueens mnist sudoku arc graph-coloring." >&2; exit 2 ;;
+  esac
+done
+for t in "${tasks[@]}"; do $t; done
+# results/ renders every finished run under runs/: only after all of them, or it would drop rows
+if [ $# -eq 0 ]; then bash results/regenerate.sh; else echo "now: bash results/regenerate.sh (once every task has run)"; fi
