@@ -5,6 +5,7 @@
 # script can be stopped at any point and started again. Several CPU-hours on 2 cores; the
 # tasks run in the order below. Run from anywhere: bash results/reproduce.sh [TASK ...]
 # (TASK in nqueens mnist sudoku arc graph-coloring ablation; default all).
+# DRY_RUN=1 lists every run with its status (new, finished, or stopped) and runs nothing.
 # THREADS=1 runs every command at one torch thread (train.threads, not part of a run id), so
 # that two copies of the script, each with its own tasks, can share a 2-core machine; the
 # profile's wall-clock caps (train.max_minutes) still apply, and each run's log records
@@ -18,24 +19,25 @@ if [ -n "${THREADS:-}" ]; then
   export OMP_NUM_THREADS=$THREADS
   sets=(--set "train.threads=$THREADS")
 fi
-run() { gram-bench run --resume "${sets[@]}" "$@"; }
-
-# the run directory of `--task T --model M [--set k=v ...]` at the cpu profile, seed 0
-run_dir() {
-  python - "$@" <<'PY'
-import sys
-from gram_bench.harness.config import resolve
-from gram_bench.harness.rundir import run_path
-task, model, sets = sys.argv[1], sys.argv[2], dict(a.split("=", 1) for a in sys.argv[3:])
-print(run_path("runs", resolve(task, model, "cpu", sets)))
-PY
+dry=${DRY_RUN:-}
+run() {
+  if [ -n "$dry" ]; then gram-bench run --dry-run "$@"; else gram-bench run --resume "${sets[@]}" "$@"; fi
 }
+
+# the run directory of `gram-bench run ARGS` (cpu profile, seed 0)
+run_dir() { gram-bench run --dry-run "$@" | cut -f1; }
 
 # gram-bench eval RUN --steps LIST [--samples N], unless eval/test-n<N>-s<S>.json exists for every S
 eval_depths() {
   local rdir=$1 steps=$2 n=${3:-20} s todo=""
   for s in ${steps//,/ }; do [ -e "$rdir/eval/test-n$n-s$s.json" ] || todo="$todo,$s"; done
-  [ -z "$todo" ] || gram-bench eval "$rdir" --samples "$n" --steps "${todo#,}"
+  if [ -z "$todo" ]; then return; fi
+  if [ -n "$dry" ]; then echo -e "$rdir\teval --samples $n --steps ${todo#,}"; return; fi
+  gram-bench eval "$rdir" --samples "$n" --steps "${todo#,}"
+}
+
+scale() {  # gram-bench scale RUN ARGS, which reuses the evaluations it already wrote
+  if [ -n "$dry" ]; then echo -e "$1\tscale ${*:2}"; else gram-bench scale "$@"; fi
 }
 
 nqueens() {
@@ -48,14 +50,14 @@ nqueens() {
 
 mnist() {
   for m in gram trm vae d3pm; do run --task mnist --model $m; done
-  eval_depths "$(run_dir mnist gram)" 4,8,32
+  eval_depths "$(run_dir --task mnist --model gram)" 4,8,32
 }
 
 sudoku() {
   for m in gram trm; do
     run --task sudoku-extreme --model $m --set task.source=generated --set train.max_minutes=6 --set eval.limit=200
   done
-  gram-bench scale "$(run_dir sudoku-extreme gram task.source=generated)" --samples 1,5,10,20 --steps 4,8
+  scale "$(run_dir --task sudoku-extreme --model gram --set task.source=generated)" --samples 1,5,10,20 --steps 4,8
   for m in gram d3pm; do run --task sudoku-uncond --model $m --set task.source=generated --set train.max_minutes=6; done
 }
 
@@ -67,11 +69,12 @@ graph-coloring() {
   for m in gram trm hrm direct looped-tf ar d3pm mdlm; do run --task graph-coloring --model $m; done
   run --task graph-coloring --model d3pm --set model.transition=absorbing
   run --task graph-coloring --model gram --set model.ce_reduce=mean   # the CE-reduction finding
-  eval_depths "$(run_dir graph-coloring gram)" 1,2,4,16
+  eval_depths "$(run_dir --task graph-coloring --model gram)" 1,2,4,16
 }
 
 ablation() {  # on graph coloring; it reuses the plain GRAM, TRM and Looped TF runs, or makes them
-  gram-bench ablation --task graph-coloring "${sets[@]}"
+  if [ -n "$dry" ]; then gram-bench ablation --task graph-coloring --dry-run
+  else gram-bench ablation --task graph-coloring "${sets[@]}"; fi
 }
 
 if [ $# -gt 0 ]; then tasks=("$@"); else tasks=(nqueens mnist sudoku arc graph-coloring ablation); fi
@@ -83,4 +86,5 @@ for t in "${tasks[@]}"; do
 done
 for t in "${tasks[@]}"; do $t; done
 # results/ renders every finished run under runs/: only after all of them, or it would drop rows
+if [ -n "$dry" ]; then exit 0; fi
 if [ $# -eq 0 ]; then bash results/regenerate.sh; else echo "now: bash results/regenerate.sh (once every task has run)"; fi

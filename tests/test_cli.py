@@ -4,6 +4,7 @@ re-evaluation at another width/depth, and what happens when a run directory exis
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -216,6 +217,17 @@ def test_finished_run_is_not_rerun(cli, gram_run, runs_root, data_root, extra):
     assert res.exit_code == 0, res.output
     assert "already finished" in res.text
     assert {p: p.stat().st_mtime_ns for p in gram_run.rglob("*") if p.is_file()} == mtimes
+
+
+def test_dry_run_prints_each_run_directory_and_status_and_runs_nothing(cli, gram_run, runs_root, data_root):
+    before = sorted(p for p in runs_root.rglob("*"))
+    res = cli("run", "--task", "nqueens", "--model", "gram", *SMOKE, "--runs-dir", runs_root, "--data-dir", data_root,
+              "--seeds", "0,7", "--dry-run")
+    assert res.exit_code == 0, res.output
+    lines = [line.split("\t") for line in res.stdout.strip().splitlines()]
+    assert lines[0] == [str(gram_run), "finished"]
+    assert Path(lines[1][0]).parent == gram_run.parent and "-seed7-" in lines[1][0] and lines[1][1] == "new"
+    assert sorted(p for p in runs_root.rglob("*")) == before  # nothing written
 
 
 def test_unfinished_run_needs_resume(cli, gram_run, copy_run, data_root):

@@ -134,14 +134,17 @@ def run(task: str = typer.Option(..., "--task", help="Task name (see `gram-bench
         resume: bool = typer.Option(False, "--resume", help="Continue a stopped run from its checkpoint."),
         force: bool = typer.Option(False, "--force", help="Delete an existing run directory and start over."),
         nproc: int = typer.Option(1, "--nproc", help="Data-parallel processes on this machine: launches "
-                                  "torchrun --nproc-per-node N (one per GPU, or gloo on CPU).")):
+                                  "torchrun --nproc-per-node N (one per GPU, or gloo on CPU)."),
+        dry_run: bool = typer.Option(False, "--dry-run", help="Print each run's directory and status "
+                                     "(new, finished, or the status of a stopped run); run nothing.")):
     """Train a model on a task, sample, verify, and write a run record."""
     from gram_bench.harness.config import resolve
+    from gram_bench.harness.rundir import read_status, run_path
     from gram_bench.harness.runner import run as run_one
 
     if nproc < 1:
         raise UsageError(f"--nproc must be at least 1, got {nproc}.")
-    if nproc > 1 and int(os.environ.get("WORLD_SIZE", "1")) == 1:
+    if nproc > 1 and int(os.environ.get("WORLD_SIZE", "1")) == 1 and not dry_run:
         args = ["run", "--task", task, "--model", model, "--profile", profile, "--device", device,
                 "--runs-dir", str(runs_dir)]
         args += ["--seeds", seeds] if seeds else []
@@ -159,6 +162,11 @@ def run(task: str = typer.Option(..., "--task", help="Task name (see `gram-bench
     if resume and force:
         raise UsageError("--resume and --force contradict each other; pass one of them.")
     cfgs = [resolve(task, model, profile, sets, seed) for seed in parse_seeds(seeds)]
+    if dry_run:  # plain lines, one per run, for scripts (results/reproduce.sh)
+        for cfg in cfgs:
+            rdir = run_path(runs_dir, cfg)
+            print(f"{rdir}\t{read_status(rdir) or 'new'}")
+        return
     for cfg in cfgs:
         run_one(cfg, runs_dir, default_data_dir(data_dir), device, resume=resume, force=force, console=console)
 
