@@ -1,7 +1,7 @@
 #!/bin/bash
 # Make every cpu-profile run behind results/, then render results/ from them
-# (results/regenerate.sh). Each run is the README-style command, alone, at the profile's
-# settings; a finished run is skipped and a stopped one resumed (`run --resume`), so the
+# (results/regenerate.sh). Each run is the command results/README.md lists, at the profile's
+# settings, one at a time; a finished run is skipped and a stopped one resumed (`run --resume`), so the
 # script can be stopped at any point and started again. Several CPU-hours on 2 cores; the
 # tasks run in the order below. Run from anywhere: bash results/reproduce.sh [TASK ...]
 # (TASK in nqueens mnist sudoku arc graph-coloring ablation; default all).
