@@ -41,6 +41,16 @@ def test_overrides_and_seed():
     assert resolve("nqueens", "trm", "smoke", {"seed": 4}, seed=7).seed == 7  # --seeds wins
 
 
+def test_overrides_that_repeat_the_profile_are_not_recorded():
+    # a run made with --set values the profile already has is the profile's own run (same run
+    # id), so its record must not list them as a variant's overrides
+    plain = resolve("graph-coloring", "gram", "cpu")
+    same = resolve("graph-coloring", "gram", "cpu", {"model.n_sup": plain.model.n_sup, "train.lr": plain.train.lr})
+    assert same.overrides == {} and run_id(same) == run_id(plain)
+    mixed = resolve("graph-coloring", "gram", "cpu", {"model.n_sup": plain.model.n_sup, "model.K": 4, "train.threads": 1})
+    assert mixed.overrides == {"model.K": 4, "train.threads": 1}
+
+
 @pytest.mark.parametrize("profile", PROFILES)
 @pytest.mark.parametrize("model", ["gram", "trm"])
 def test_round_trip(tmp_path, profile, model):

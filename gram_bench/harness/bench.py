@@ -234,6 +234,7 @@ def bench(task: str, model: str, profile: str = "cpu", sets: dict | None = None,
     variants = [("default", sets)] if cmp is None else [(f"{cmp[0]}={v}", {**sets, cmp[0]: v}) for v in cmp[1]]
     if cmp is not None and cmp[0] == "train.batch_size" and batch is not None:
         raise UsageError("--batch and --compare train.batch_size=... contradict each other; pass one of them.")
+    requested = dict(variants)  # the `--set` keys as given (the config records only those that change it)
     cfgs = [(label, resolve(task, model, profile, s)) for label, s in variants]
     settings = [Setting(label, cfg, data_root, device, console) for label, cfg in cfgs]
     for s in settings:  # warm-up (and compilation), not timed
@@ -257,7 +258,7 @@ def bench(task: str, model: str, profile: str = "cpu", sets: dict | None = None,
         lo, hi = min(samples), max(samples)
         width = rates[str(hi)]["answers_per_s"] / rates[str(lo)]["answers_per_s"] if hi != lo else 1.0
         out_settings.append({
-            "label": s.label, "sets": dict(s.cfg.overrides), "params": s.model.num_params(),
+            "label": s.label, "sets": dict(requested[s.label]), "params": s.model.num_params(),
             "bf16": s.bf16, "sample_bf16": s.sample_bf16, "batch": s.cfg.train.batch_size, "threads": s.threads, "compile": s.prec.compile,
             "train": {"step_s_median": med, "step_s_q1": q[0], "step_s_q3": q[2],
                       "examples_per_s": s.cfg.train.batch_size / med, "flops_per_step": flops,

@@ -260,6 +260,14 @@ def resolve(task_name: str, model_name: str, profile: str = "cpu", sets: dict | 
     overrides = {k: v for k, v in sets.items() if k != "seed"}
     cfg = RunConfig(task_name, model_name, task_cfg, model_cfg, train_cfg, eval_cfg, seed_v, profile, overrides)
     validate(cfg)
+    if overrides:
+        # record only the overrides that change the config: one that repeats the profile's
+        # value leaves the run the profile's own (same run id), and tables must see it so
+        base = resolve(task_name, model_name, profile)
+        changed = {k: v for k, v in overrides.items()
+                   if getattr(getattr(cfg, k.split(".")[0]), k.split(".", 1)[1])
+                   != getattr(getattr(base, k.split(".")[0]), k.split(".", 1)[1])}
+        cfg = dataclasses.replace(cfg, overrides=changed)
     return cfg
 
 
