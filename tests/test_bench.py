@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from gram_bench.harness.bench import matmul_flops, parse_compare
+from gram_bench.harness.bench import compare_settings, default_output, matmul_flops, parse_compare
 from gram_bench.core.errors import UsageError
 
 BENCH = ("bench", "--task", "nqueens", "--model", "trm", "--profile", "smoke", "--device", "cpu", "--steps", "2",
@@ -41,6 +41,30 @@ def test_bench_compare_alternates_settings_and_reports_ratios(cli, tmp_path, dat
     (ratio,) = r["ratios"]
     a, b = (s["train"]["step_s_median"] for s in r["settings"])
     assert ratio["step_time_speedup"] == pytest.approx(a / b)
+
+
+def test_several_compares_are_zipped_into_settings(cli, tmp_path, data_root):
+    # the i-th values of every --compare form setting i: here (batch 4, lr 1e-3), (batch 8, lr 2e-3)
+    out = tmp_path / "z.json"
+    res = cli(*BENCH, "--warmup", "0", "--samples", "1", "--compare", "train.batch_size=4,8",
+              "--compare", "train.lr=1e-3,2e-3", "--data-dir", data_root, "-o", out)
+    assert res.exit_code == 0, res.output
+    r = json.loads(out.read_text())
+    assert [s["label"] for s in r["settings"]] == ["train.batch_size=4 train.lr=0.001",
+                                                   "train.batch_size=8 train.lr=0.002"]
+    assert [s["batch"] for s in r["settings"]] == [4, 8]
+    assert [s["sets"]["train.lr"] for s in r["settings"]] == [1e-3, 2e-3]
+    assert r["compare"] == {"key": "train.batch_size+train.lr", "values": [[4, 1e-3], [8, 2e-3]]}
+    assert default_output(r).name.endswith("-batch_size+lr.json")
+
+
+@pytest.mark.parametrize("specs, phrase", [
+    (["train.batch_size=4,8", "train.lr=1e-3,2e-3,3e-3"], "same number of values"),
+    (["train.lr=1e-3,2e-3", "train.lr=3e-3,4e-3"], "names a key twice"),
+])
+def test_mismatched_compares_are_refused(specs, phrase):
+    with pytest.raises(UsageError, match=phrase):
+        compare_settings(specs)
 
 
 @pytest.mark.parametrize("spec", ["train.precision", "train.precision=fp32", "=a,b"])

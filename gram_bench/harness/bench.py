@@ -1,6 +1,7 @@
 """`gram-bench bench`: speed, FLOPs and memory of one task x model x profile, in one process.
 
-For each setting (one, or two or more with `--compare KEY=V1,V2`):
+For each setting (one, or two or more with `--compare KEY=V1,V2`; several `--compare`
+options with as many values each are zipped: the i-th values of all of them form setting i):
 - **train**: `warmup` optimizer steps, then `steps` timed steps (the runner's own
   `train_step`: the model's loss, backward, gradient clipping, the finiteness check, AdamW,
   the sparse puzzle update); the median
@@ -209,10 +210,32 @@ def parse_compare(spec: str | None) -> tuple[str, list[str]] | None:
     return key, [parse_set([f"{key}={v}"])[key] for v in values]
 
 
+def compare_settings(specs: str | list[str] | None) -> list[tuple[str, dict]] | None:
+    """The settings of one or more `--compare` specs, zipped: [(label, {KEY: value, ...})],
+    setting i taking the i-th value of every spec; None without a spec."""
+    specs = [specs] if isinstance(specs, str) else [s for s in (specs or []) if s]
+    parsed = [parse_compare(s) for s in specs]
+    if not parsed:
+        return None
+    keys = [k for k, _ in parsed]
+    if len(set(keys)) < len(keys):
+        raise UsageError(f"--compare names a key twice ({', '.join(keys)}); give each key once.")
+    counts = {len(v) for _, v in parsed}
+    if len(counts) > 1:
+        got = ", ".join(f"{len(v)} for {k}" for k, v in parsed)
+        raise UsageError(f"Every --compare must list the same number of values ({got}): the i-th values of all "
+                         "of them form setting i.")
+    out = []
+    for i in range(counts.pop()):
+        sets = {k: v[i] for k, v in parsed}
+        out.append((" ".join(f"{k}={v}" for k, v in sets.items()), sets))
+    return out
+
+
 def bench(task: str, model: str, profile: str = "cpu", sets: dict | None = None, *, batch: int | None = None,
           steps: int = 10, warmup: int = 3, samples: list[int] | None = None, sample_batch: int = 16,
           sample_steps: int | None = None,
-          compare: str | None = None, compile_core: bool = False, threads: int = 0, device_name: str = "auto",
+          compare: str | list[str] | None = None, compile_core: bool = False, threads: int = 0, device_name: str = "auto",
           data_root: Path = Path("data"), console=None) -> dict:
     from gram_bench.harness.config import resolve
 
@@ -230,9 +253,9 @@ def bench(task: str, model: str, profile: str = "cpu", sets: dict | None = None,
             raise UsageError(f"--batch must be at least 1, got {batch}.")
         sets["train.batch_size"] = batch
     samples = samples or [1, 20]
-    cmp = parse_compare(compare)
-    variants = [("default", sets)] if cmp is None else [(f"{cmp[0]}={v}", {**sets, cmp[0]: v}) for v in cmp[1]]
-    if cmp is not None and cmp[0] == "train.batch_size" and batch is not None:
+    cmp = compare_settings(compare)
+    variants = [("default", sets)] if cmp is None else [(label, {**sets, **c}) for label, c in cmp]
+    if cmp is not None and "train.batch_size" in cmp[0][1] and batch is not None:
         raise UsageError("--batch and --compare train.batch_size=... contradict each other; pass one of them.")
     requested = dict(variants)  # the `--set` keys as given (the config records only those that change it)
     cfgs = [(label, resolve(task, model, profile, s)) for label, s in variants]
@@ -267,12 +290,17 @@ def bench(task: str, model: str, profile: str = "cpu", sets: dict | None = None,
                       "loss_mean": statistics.fmean(s.losses)},
             "sample": {**rates, "width_speedup": width, "width_speedup_of": [lo, hi]},
         })
+    compared = None  # {"key": "K" or "K1+K2", "values": setting i's value, or its list of values}
+    if cmp is not None:
+        keys = list(cmp[0][1])
+        compared = {"key": "+".join(keys),
+                    "values": [c[keys[0]] if len(keys) == 1 else [c[k] for k in keys] for _, c in cmp]}
     result = {
         "schema": BENCH_SCHEMA, "task": task, "model": model, "profile": profile, "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
         or platform.machine(),
         "torch": torch.__version__, "threads": torch.get_num_threads(), "steps": steps, "warmup": warmup,
-        "compile": compile_core, "compare": None if cmp is None else {"key": cmp[0], "values": cmp[1]},
+        "compile": compile_core, "compare": compared,
         "peak_memory_bytes": peak, "peak_memory_kind": peak_kind + ("" if peak_ok else " (process lifetime)"),
         "peak_memory_note": "over the timed train steps of every setting together" if len(settings) > 1 else
         "over the timed train steps",
@@ -293,7 +321,8 @@ def bench(task: str, model: str, profile: str = "cpu", sets: dict | None = None,
 
 
 def default_output(result: dict) -> Path:
-    tag = "" if result["compare"] is None else "-" + result["compare"]["key"].split(".")[-1]
+    keys = [] if result["compare"] is None else result["compare"]["key"].split("+")
+    tag = "" if not keys else "-" + "+".join(k.split(".")[-1] for k in keys)
     return Path("bench") / f"{result['task']}-{result['model']}-{result['profile']}{tag}.json"
 
 

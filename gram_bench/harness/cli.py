@@ -231,8 +231,10 @@ def bench(task: str = typer.Option(..., "--task", help="Task name (see `gram-ben
           sample_batch: int = typer.Option(16, "--sample-batch", help="Test inputs per sampling call."),
           sample_steps: Optional[int] = typer.Option(None, "--sample-steps", help="Depth for the sampling timings "
                                                      "(default: the model's own)."),
-          compare: Optional[str] = typer.Option(None, "--compare", help="KEY=V1,V2: time each value, alternating "
-                                                "in one process, e.g. train.precision=fp32,bf16."),
+          compare: Optional[List[str]] = typer.Option(None, "--compare", help="KEY=V1,V2: time each value, "
+                                                      "alternating in one process, e.g. train.precision=fp32,bf16; "
+                                                      "repeatable, with as many values each: the i-th values of "
+                                                      "all of them form setting i."),
           compile_core: bool = typer.Option(False, "--compile", help="torch.compile the block stacks "
                                             "(static shapes); the same as --set train.compile=true."),
           threads: int = typer.Option(0, "--threads", help="torch intra-op threads (0 = torch's default)."),
