@@ -263,11 +263,17 @@ def resolve(task_name: str, model_name: str, profile: str = "cpu", sets: dict | 
     if overrides:
         # record only the overrides that change the config: one that repeats the profile's
         # value leaves the run the profile's own (same run id), and tables must see it so
-        base = resolve(task_name, model_name, profile)
-        changed = {k: v for k, v in overrides.items()
-                   if getattr(getattr(cfg, k.split(".")[0]), k.split(".", 1)[1])
-                   != getattr(getattr(base, k.split(".")[0]), k.split(".", 1)[1])}
-        cfg = dataclasses.replace(cfg, overrides=changed)
+        try:
+            base = resolve(task_name, model_name, profile)
+        except UsageError:  # the profile alone does not resolve here: keep every override
+            return cfg
+
+        def value(c: RunConfig, key: str):
+            group, _, name = key.partition(".")
+            return getattr(getattr(c, group), name)
+
+        cfg = dataclasses.replace(cfg, overrides={k: v for k, v in overrides.items()
+                                                  if value(cfg, k) != value(base, k)})
     return cfg
 
 
