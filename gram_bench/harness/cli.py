@@ -370,10 +370,28 @@ def plot(kind: str = typer.Argument(..., help="scaling | solutions | coverage | 
 def main() -> None:
     from gram_bench.harness import dist
 
+    code: int | str | None = 1
     try:
         app()
+        code = 0
+    except SystemExit as e:
+        code = e.code
+        raise
     finally:  # SystemExit included: every exit path leaves the process group
-        dist.close()
+        if dist.close() > 1:
+            # One rank of a torchrun job: its files are written (unbuffered, see core.io) and
+            # its group is gone; exit now, without the interpreter's teardown, where the
+            # backend's C++ threads and stores are destroyed in an order that still aborts a
+            # rank now and then (SIGABRT, "terminate called without an active exception").
+            if isinstance(code, str):  # what sys.exit(message) prints
+                print(code, file=sys.stderr)
+            code = code if isinstance(code, int) else (0 if code is None else 1)
+            for stream in (sys.stdout, sys.stderr):
+                try:
+                    stream.flush()
+                except (OSError, ValueError):
+                    pass
+            os._exit(code)
 
 
 if __name__ == "__main__":

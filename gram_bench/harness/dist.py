@@ -56,14 +56,18 @@ def _device_for(device_name: str) -> str:
     return "cpu" if device_name == "auto" else device_name
 
 
-def close() -> None:
-    """Leave the process group, if this process joined one. Called on every exit path of the
-    CLI (success, error, SIGTERM): a gloo or NCCL group left alive at interpreter exit tears
-    down its worker threads unjoined, and the process dies with SIGABRT ("terminate called
-    without an active exception"), which torchrun reports as a failed rank. No barrier: on an
-    error path the other ranks may already be gone."""
+def close() -> int:
+    """Leave the process group, if this process joined one; returns the world size it left (1
+    when it was in none). Called on every exit path of the CLI (success, error, SIGTERM): a
+    gloo or NCCL group left alive at interpreter exit tears down its worker threads unjoined,
+    and the process dies with SIGABRT ("terminate called without an active exception"), which
+    torchrun reports as a failed rank. No barrier: on an error path the other ranks may
+    already be gone."""
     if dist.is_available() and dist.is_initialized():
+        n = dist.get_world_size()
         dist.destroy_process_group()
+        return n
+    return 1
 
 
 def local_batch(global_batch: int) -> int:
