@@ -75,14 +75,14 @@ graph-coloring() {
   eval_depths "$(run_dir --task graph-coloring --model gram)" 1,2,4,16
 }
 
+ablate() {  # gram-bench ablation --task graph-coloring ARGS
+  if [ -n "$dry" ]; then gram-bench ablation --task graph-coloring "$@" --dry-run
+  else gram-bench ablation --task graph-coloring "$@" "${sets[@]}"; fi
+}
+
 ablation() {  # on graph coloring; it reuses the plain GRAM, TRM and Looped TF runs, or makes them
-  # every cell at seed 0, then GRAM and its guidance ablations at the seeds GRAM has (above)
-  local grids=("" "--seeds 0,1,2 --only gram,no-guidance,noise-only,mean-only") g
-  for g in "${grids[@]}"; do
-    # shellcheck disable=SC2086  # $g is a list of options
-    if [ -n "$dry" ]; then gram-bench ablation --task graph-coloring $g --dry-run
-    else gram-bench ablation --task graph-coloring $g "${sets[@]}"; fi
-  done
+  ablate   # every cell at seed 0
+  ablate --seeds 0,1,2 --only gram,no-guidance,noise-only,mean-only   # GRAM's guidance ablations at GRAM's seeds
 }
 
 if [ $# -gt 0 ]; then tasks=("$@"); else tasks=(nqueens mnist sudoku arc graph-coloring ablation); fi
