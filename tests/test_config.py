@@ -35,6 +35,23 @@ def test_profile_values_are_applied():
     assert (paper.model.hidden, paper.model.K, paper.model.n_sup, paper.train.lr) == (512, 4, 16, 1e-4)
 
 
+def test_model_train_sets_one_models_train_values(monkeypatch):
+    """`model_train.<model>` (at the top or in `per_task.<task>`) changes that model's train
+    settings only; `--set` still wins."""
+    import gram_bench.harness.config as config
+    prof = {"train": {"lr": 1e-3, "steps": 10}, "model_train": {"trm": {"steps": 20}},
+            "per_task": {"graph-coloring": {"model_train": {"gram": {"lr": 5e-4}}}}}
+    monkeypatch.setattr(config, "load_profile", lambda name: prof)
+    assert (resolve("graph-coloring", "gram", "cpu").train.lr, resolve("nqueens", "gram", "cpu").train.lr) == \
+        (5e-4, 1e-3)
+    assert resolve("graph-coloring", "trm", "cpu").train.lr == 1e-3
+    assert (resolve("nqueens", "trm", "cpu").train.steps, resolve("nqueens", "gram", "cpu").train.steps) == (20, 10)
+    assert resolve("graph-coloring", "gram", "cpu", {"train.lr": 2e-4}).train.lr == 2e-4
+    prof["model_train"]["trm"] = {"stepz": 1}
+    with pytest.raises(UsageError, match="train.steps"):
+        resolve("nqueens", "trm", "cpu")
+
+
 def test_overrides_and_seed():
     cfg = resolve("nqueens", "trm", "smoke", parse_set(["model.hidden=64", "train.lr=3e-4", "seed=4"]))
     assert cfg.model.hidden == 64 and cfg.train.lr == 3e-4 and cfg.seed == 4

@@ -1,8 +1,9 @@
 """Frozen configs, profiles and validated `--set` overrides.
 
 A run's config is resolved in this order: dataclass defaults, then the profile's YAML
-(`train`, `eval`, `tasks.<task>`, `models.<model>`, then `per_task.<task>` which may hold
-the same sections again), then task hints for model fields left as `null` (e.g. GRAM's
+(`train`, `model_train.<model>` (train settings of one model, e.g. its learning rate), `eval`,
+`tasks.<task>`, `models.<model>`, then `per_task.<task>` which may hold the same sections
+again), then task hints for model fields left as `null` (e.g. GRAM's
 `beta` takes the paper's per-task value), then `--set key=value` overrides.
 """
 
@@ -229,7 +230,7 @@ def resolve(task_name: str, model_name: str, profile: str = "cpu", sets: dict | 
     groups: dict[str, dict] = {
         "task": dict((prof.get("tasks") or {}).get(task_name, {})),
         "model": dict((prof.get("models") or {}).get(model_name, {})),
-        "train": dict(prof.get("train") or {}),
+        "train": {**(prof.get("train") or {}), **((prof.get("model_train") or {}).get(model_name) or {})},
         "eval": dict(prof.get("eval") or {}),
     }
     top = {"seed": prof.get("seed", 0)}
